@@ -1,0 +1,27 @@
+"""samx: Sharpness-Aware Minimization as composable optax transforms, and tools to study it."""
+
+from samx.transforms import (
+    GroupFractions,
+    GSAMState,
+    Objective,
+    SAMState,
+    SANERState,
+    gsam,
+    linear_beta_schedule,
+    sam,
+    saner,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GSAMState",
+    "GroupFractions",
+    "Objective",
+    "SAMState",
+    "SANERState",
+    "gsam",
+    "linear_beta_schedule",
+    "sam",
+    "saner",
+]

@@ -1,0 +1,25 @@
+"""The SAM family as optax gradient transformations.
+
+Each transform is three small parts: how the ascent step is chosen (``_perturbation``: SAM,
+ASAM), how the gradient at the perturbed point is formed (``_perturbed_gradient``: whole batch
+or per group), and how it is combined with the clean gradient (``_combination``: as is, GSAM,
+SANER).
+"""
+
+from samx.transforms._combination import GroupFractions
+from samx.transforms._gsam import GSAMState, gsam
+from samx.transforms._objective import Objective
+from samx.transforms._sam import SAMState, sam
+from samx.transforms._saner import SANERState, linear_beta_schedule, saner
+
+__all__ = [
+    "GSAMState",
+    "GroupFractions",
+    "Objective",
+    "SAMState",
+    "SANERState",
+    "gsam",
+    "linear_beta_schedule",
+    "sam",
+    "saner",
+]

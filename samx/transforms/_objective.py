@@ -1,0 +1,151 @@
+"""The objective a sharpness-aware transform differentiates at the perturbed point."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+ApplyFn = Callable[[PyTree, PyTree], PyTree]
+LossFn = Callable[[PyTree, PyTree], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A mean per-example loss split into a model and a loss, over one batch.
+
+  The objective is ``L(w) = mean_i loss_fn(apply_fn(w, inputs), targets)_i``. It is kept in
+  two parts, not as one closure, because the SAM family needs more than ``grad L``:
+  m-sharpness evaluates it on groups of examples (``inputs`` and ``targets`` are split along
+  axis 0), and the logit/Jacobian decomposition needs the model's outputs and the gradient of
+  the loss with respect to them.
+
+  ``Objective`` is a pytree whose leaves are ``inputs`` and ``targets`` (``apply_fn`` and
+  ``loss_fn`` are static), so it can be built inside or passed into ``jax.jit``.
+
+  Attributes:
+    apply_fn: ``(params, inputs) -> outputs``, a pure function; the batch is axis 0 of every
+      leaf of ``inputs`` and of ``outputs``.
+    loss_fn: ``(outputs, targets) -> losses`` of shape ``(batch,)``, one loss per example.
+    inputs: a pytree of arrays with the batch along axis 0.
+    targets: a pytree of arrays with the batch along axis 0.
+
+  Example:
+    >>> import jax.numpy as jnp, samx
+    >>> objective = samx.Objective(
+    ...     apply_fn=lambda w, x: x @ w,
+    ...     loss_fn=lambda out, y: 0.5 * (out - y) ** 2,
+    ...     inputs=jnp.array([[1.0, 0.0], [0.0, 2.0]]),
+    ...     targets=jnp.array([1.0, 0.0]))
+    >>> loss, grads = objective.value_and_grad(jnp.array([0.0, 1.0]))
+    >>> float(loss), grads.tolist()
+    (1.25, [-0.5, 2.0])
+  """
+
+  apply_fn: ApplyFn = dataclasses.field(metadata={"static": True})
+  loss_fn: LossFn = dataclasses.field(metadata={"static": True})
+  inputs: PyTree
+  targets: PyTree
+
+  @property
+  def batch_size(self) -> int:
+    """The common size of axis 0 of every leaf of ``inputs`` and ``targets``."""
+    sizes = {
+        name: {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(tree)}
+        for name, tree in (("inputs", self.inputs), ("targets", self.targets))
+    }
+    all_sizes = sizes["inputs"] | sizes["targets"]
+    if None in all_sizes or len(all_sizes) != 1:
+      raise ValueError(
+          "Objective: every leaf of `inputs` and `targets` must have the batch along axis 0 "
+          f"with one common size; got sizes {sorted(sizes['inputs'], key=str)} for inputs and "
+          f"{sorted(sizes['targets'], key=str)} for targets (None = a scalar leaf).")
+    return all_sizes.pop()
+
+  def losses(self, params: PyTree) -> jax.Array:
+    """Per-example losses at ``params``, shape ``(batch,)``."""
+    return self.losses_from_outputs(self.apply_fn(params, self.inputs))
+
+  def losses_from_outputs(self, outputs: PyTree) -> jax.Array:
+    """Per-example losses of given model outputs, shape ``(batch,)``."""
+    losses = self.loss_fn(outputs, self.targets)
+    batch = self.batch_size
+    if jnp.shape(losses) != (batch,):
+      raise ValueError(
+          f"Objective: `loss_fn` must return one loss per example, shape ({batch},); got shape "
+          f"{jnp.shape(losses)}. Return the unreduced losses; the objective takes their mean.")
+    return losses
+
+  def loss(self, params: PyTree) -> jax.Array:
+    """The mean loss at ``params``."""
+    return jnp.mean(self.losses(params))
+
+  def value_and_grad(self, params: PyTree) -> tuple[jax.Array, PyTree]:
+    """The mean loss at ``params`` and its gradient with respect to ``params``."""
+    return jax.value_and_grad(self.loss)(params)
+
+  def grad(self, params: PyTree) -> PyTree:
+    """The gradient of the mean loss with respect to ``params``."""
+    return jax.grad(self.loss)(params)
+
+  def split_into_groups(self, group_size: int) -> Objective:
+    """The objective with every batch leaf reshaped to ``(batch // group_size, group_size, ...)``.
+
+    Mapping :meth:`value_and_grad` over axis 0 of the result (``jax.vmap``) gives each group's
+    own mean loss and gradient, the building block of m-sharpness.
+
+    Raises:
+      ValueError: if ``group_size`` is not a positive integer that divides the batch.
+    """
+    batch = self.batch_size
+    if not isinstance(group_size, int) or group_size < 1 or batch % group_size:
+      raise ValueError(
+          f"group_size must be a positive integer that divides the batch size {batch}; got "
+          f"group_size={group_size!r}.")
+
+    def regroup(leaf):
+      return jnp.reshape(leaf, (batch // group_size, group_size, *jnp.shape(leaf)[1:]))
+
+    return dataclasses.replace(
+        self, inputs=jax.tree.map(regroup, self.inputs),
+        targets=jax.tree.map(regroup, self.targets))
+
+  @classmethod
+  def from_nnx(
+      cls, model: Any, loss_fn: LossFn, inputs: PyTree, targets: PyTree, *, wrt: Any = None
+  ) -> Objective:
+    """An objective over the parameters of a Flax NNX module.
+
+    ``params`` for this objective are ``nnx.state(model, wrt)`` (by default ``nnx.Param``),
+    the same tree ``nnx.Optimizer(model, tx, wrt=wrt)`` hands to ``tx.update``. Every other
+    variable (BatchNorm statistics, RNG counters, ...) is frozen at its current value: a
+    forward pass through the objective uses it but never writes it back. So with BatchNorm in
+    training mode the perturbed pass normalises with its own batch statistics, and the running
+    averages are left to the caller's clean pass, as SAM prescribes.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, samx
+      >>> from flax import nnx
+      >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+      >>> xent = lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      >>> objective = samx.Objective.from_nnx(model, xent, jnp.ones((4, 3)), jnp.zeros(4, int))
+      >>> loss, grads = objective.value_and_grad(nnx.state(model, nnx.Param))
+      >>> grads["kernel"].shape
+      (3, 2)
+    """
+    from flax import nnx  # Flax is only needed by callers that use NNX modules.
+
+    wrt = nnx.Param if wrt is None else wrt
+    graphdef, _, frozen = nnx.split(model, wrt, ...)
+
+    def apply_fn(params, batch_inputs):
+      return nnx.merge(graphdef, params, frozen)(batch_inputs)
+
+    return cls(apply_fn=apply_fn, loss_fn=loss_fn, inputs=inputs, targets=targets)
+
+
+jax.tree_util.register_dataclass(Objective)

@@ -1,0 +1,119 @@
+"""SAM, ASAM and m-sharpness as one optax transform."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from samx.transforms._objective import Objective
+from samx.transforms._sharpness_aware import ScalarOrSchedule, next_count, sharpness_aware_gradient
+
+PyTree = Any
+
+
+class SAMState(NamedTuple):
+  """State of :func:`sam`.
+
+  Attributes:
+    count: the number of updates taken so far (int32); schedules for ``rho`` are evaluated at it.
+  """
+
+  count: jax.Array
+
+
+def sam(
+    rho: ScalarOrSchedule,
+    *,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    group_size: int | None = None,
+    groups_in_parallel: int | None = None,
+    axis_name: Hashable | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Sharpness-Aware Minimization: replaces the gradient by the gradient at ``w + eps``.
+
+  Given the gradient :math:`g = \nabla L(w)` as ``updates``, SAM (Foret et al. 2021) takes one
+  ascent step of length :math:`\rho` and returns the gradient there:
+
+  .. math::
+    \epsilon = \rho \frac{g}{\lVert g \rVert_2}, \qquad
+    \text{update} = \nabla L(w + \epsilon).
+
+  ``adaptive=True`` is ASAM (Kwon et al. 2021), with :math:`T = |w| + \eta` elementwise:
+  :math:`\epsilon = \rho\, T^2 g / \lVert T g \rVert_2`.
+
+  ``group_size=m`` is m-sharpness: the batch is split into groups of ``m`` examples, group
+  :math:`k` gets :math:`\epsilon_k` from its own gradient :math:`g_k`, and the update is
+  :math:`\frac1K \sum_k \nabla L_k(w + \epsilon_k)`. The groups are evaluated with ``jax.vmap``
+  (``groups_in_parallel`` of them at a time, all by default), so the step costs two batched
+  gradient evaluations; ``group_size=1`` is the 1-SAM of Baek et al. 2024, and ``group_size``
+  equal to the per-device batch is the per-device SAM of the original implementation.
+
+  The transform must see the raw gradient of ``objective`` at ``params`` (put it first in an
+  ``optax.chain``, with weight decay and the optimizer after it). One step evaluates the
+  gradient once more, at ``w + eps``. If :math:`\lVert g \rVert` is zero or not finite,
+  :math:`\epsilon = 0` and the update is the plain gradient: no NaN is ever made here.
+
+  Args:
+    rho: the radius of the ascent step, a number >= 0 or an optax schedule of the transform's
+      own step count (which advances on every call of ``update``).
+    adaptive: use ASAM's scale-invariant ascent step.
+    eta: ASAM's offset in :math:`T = |w| + \eta`.
+    group_size: examples per group for m-sharpness; ``None`` is one group, the whole batch.
+      Must divide the batch (per device, under ``pmap``/``shard_map``).
+    groups_in_parallel: with ``group_size``, how many groups are vmapped at once; fewer trades
+      speed for memory (each vmapped group holds a gradient). Must divide the number of groups.
+    axis_name: the ``pmap``/``shard_map`` axis to average the gradients over. Not needed under
+      ``jax.jit`` with sharded arrays, where the batch is already global.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
+    objective)`` takes a :class:`samx.Objective` for the current batch.
+
+  References:
+    Foret et al., `Sharpness-Aware Minimization for Efficiently Improving Generalization
+    <https://arxiv.org/abs/2010.01412>`_, ICLR 2021.
+    Kwon et al., `ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of
+    Deep Neural Networks <https://arxiv.org/abs/2102.11600>`_, ICML 2021.
+    Andriushchenko & Flammarion, `Towards Understanding Sharpness-Aware Minimization
+    <https://arxiv.org/abs/2206.06232>`_, ICML 2022 (m-sharpness).
+
+  Example:
+    >>> import jax.numpy as jnp, optax, samx
+    >>> x = jnp.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [-2.0, 1.0]])
+    >>> y = jnp.array([1.0, 0.0, 1.0, 0.0])
+    >>> objective = samx.Objective(
+    ...     apply_fn=lambda w, inputs: inputs @ w,
+    ...     loss_fn=lambda out, targets: 0.5 * (out - targets) ** 2,
+    ...     inputs=x, targets=y)
+    >>> tx = optax.chain(samx.sam(rho=0.05), optax.sgd(0.1))
+    >>> params = jnp.zeros(2)
+    >>> state = tx.init(params)
+    >>> for _ in range(100):
+    ...   loss, grads = objective.value_and_grad(params)
+    ...   updates, state = tx.update(grads, state, params, objective=objective)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(f"{objective.loss(params):.3f}")
+    0.060
+  """
+  sharpness_aware = sharpness_aware_gradient(
+      "samx.sam", rho, adaptive=adaptive, eta=eta, group_size=group_size,
+      groups_in_parallel=groups_in_parallel, axis_name=axis_name)
+
+  def init_fn(params: PyTree) -> SAMState:
+    del params
+    return SAMState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(
+      updates: PyTree, state: SAMState, params: PyTree | None = None, *,
+      objective: Objective | None = None, **extra_args: Any,
+  ) -> tuple[PyTree, SAMState]:
+    del extra_args
+    _, perturbed = sharpness_aware(updates, params, objective, state.count)
+    return perturbed, SAMState(count=next_count(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

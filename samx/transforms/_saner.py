@@ -1,0 +1,164 @@
+"""SANER: SAM with the components it already down-weights down-weighted further."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from samx.transforms._combination import GroupFractions, gsam_combination, saner_reweighting
+from samx.transforms._objective import Objective
+from samx.transforms._sharpness_aware import (
+    ScalarOrSchedule,
+    check_count,
+    check_number,
+    next_count,
+    sharpness_aware_gradient,
+    value_at,
+)
+
+PyTree = Any
+
+
+class SANERState(NamedTuple):
+  """State of :func:`saner`.
+
+  Attributes:
+    count: the number of updates taken so far (int32).
+    beta: the weight given to group-B components at the last update (1.0 before the first).
+    group_fractions: the fractions of gradient components in groups A, B and C at the last
+      update (zeros before the first); see :class:`samx.GroupFractions`.
+  """
+
+  count: jax.Array
+  beta: jax.Array
+  group_fractions: GroupFractions
+
+
+def linear_beta_schedule(alpha: float, warmup_steps: int) -> Callable[[jax.Array], jax.Array]:
+  """SANER's weight of group B: linear from 1 at step 0 to ``alpha`` at ``warmup_steps``."""
+
+  def beta(count: jax.Array) -> jax.Array:
+    progress = jnp.minimum(count / max(warmup_steps, 1), 1.0) if warmup_steps else 1.0
+    return 1.0 + (alpha - 1.0) * jnp.asarray(progress, jnp.float32)
+
+  return beta
+
+
+def saner(
+    rho: ScalarOrSchedule,
+    *,
+    alpha: float = 0.5,
+    warmup_steps: int | None = None,
+    beta_schedule: Callable[[jax.Array], jax.Array] | None = None,
+    gsam_alpha: ScalarOrSchedule = 0.0,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    group_size: int | None = None,
+    groups_in_parallel: int | None = None,
+    axis_name: Hashable | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""SANER: Sharpness-Aware Noise-Explicit Reweighting of SAM's gradient (Luong et al. 2024).
+
+  With :math:`g = \nabla L(w)` and :math:`g_v` the gradient of the SAM variant in use
+  (:math:`\nabla L(w+\epsilon)` for SAM and ASAM, GSAM's combination if ``gsam_alpha > 0``),
+  take the elementwise ratio :math:`r = g_v / g` and split the components into
+
+  * group A, :math:`r \ge 1`: SAM keeps or amplifies the component;
+  * group B, :math:`0 < r < 1`: SAM shrinks it, in the paper's analysis mostly where the
+    gradient of noisy-label examples dominates;
+  * group C, :math:`r \le 0`: SAM flips or zeroes it.
+
+  SANER makes SAM's down-weighting of group B explicit:
+
+  .. math::
+    \text{update}_j = \begin{cases} \beta_t\, (g_v)_j & 0 < r_j < 1 \\ (g_v)_j & \text{otherwise}
+    \end{cases}, \qquad \beta_t = 1 + (\alpha - 1) \min(t / k, 1),
+
+  so :math:`\beta` goes linearly from 1 to ``alpha`` over the first ``k = warmup_steps`` steps
+  (the paper: ``alpha=0.5`` and ``k`` = 50 of 200 epochs of steps). ``alpha=1`` is the SAM
+  variant itself. Groups are found without dividing (components with :math:`g_j = 0` count as
+  group A), so zero gradients are safe. The state keeps ``beta`` and the group fractions of the
+  last step for logging. With ``group_size``, the groups are taken on the means over groups of
+  :math:`g` and :math:`g_v`. The extra cost over SAM is a few elementwise operations.
+
+  Args:
+    rho: the ascent radius, a number >= 0 or an optax schedule of the step count (paper: 0.1).
+    alpha: the final weight of group B, a number >= 0.
+    warmup_steps: steps over which ``beta`` goes from 1 to ``alpha`` (0: ``alpha`` at once).
+      Required unless ``beta_schedule`` is given.
+    beta_schedule: instead of ``alpha`` and ``warmup_steps``, any schedule of the step count
+      giving the weight of group B.
+    gsam_alpha: combine with GSAM: the mask is then taken on GSAM's gradient
+      ``g_sam - gsam_alpha * g_perp`` (see :func:`samx.gsam`); 0 (the default) is plain SAM.
+    adaptive: use ASAM's ascent step (``T = |w| + eta``).
+    eta: ASAM's offset.
+    group_size: examples per group for m-sharpness (``None``: the whole batch).
+    groups_in_parallel: with ``group_size``, how many groups are vmapped at once.
+    axis_name: the ``pmap``/``shard_map`` axis to average the gradients over.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``, with a
+    :class:`SANERState`.
+
+  References:
+    Luong, Nguyen-Quang, Tran et al., `Understanding SAM's Robustness to Noisy Labels through
+    Gradient Down-weighting <https://arxiv.org/abs/2411.17132>`_ (SANER), 2024.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, samx
+    >>> objective = samx.Objective(
+    ...     apply_fn=lambda w, inputs: inputs @ w,
+    ...     loss_fn=lambda out, targets: 0.5 * (out - targets) ** 2,
+    ...     inputs=jnp.array([[1.0, 2.0, 0.0], [3.0, -1.0, 1.0]]), targets=jnp.array([1.0, 0.0]))
+    >>> tx = optax.chain(samx.saner(rho=0.1, alpha=0.5, warmup_steps=10), optax.sgd(0.1))
+    >>> params = jnp.array([0.5, 0.5, 0.5])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(objective.grad(params), state, params, objective=objective)
+    >>> fractions = state[0].group_fractions
+    >>> print(round(float(fractions.a + fractions.b + fractions.c), 6))
+    1.0
+  """
+  name = "samx.saner"
+  if beta_schedule is None:
+    check_number("alpha", alpha, allow_schedule=False, transform=name)
+    if warmup_steps is None:
+      raise ValueError(
+          f"{name}: `warmup_steps` is required (steps over which beta goes from 1 to alpha; "
+          "0 for alpha at once), unless `beta_schedule` is given.")
+    check_count("warmup_steps", warmup_steps, minimum=0, allow_none=False, transform=name)
+    beta_schedule = linear_beta_schedule(alpha, warmup_steps)
+  elif not callable(beta_schedule):
+    raise ValueError(f"{name}: `beta_schedule` must be a callable of the step count; got "
+                     f"{beta_schedule!r}.")
+  elif warmup_steps is not None:
+    raise ValueError(f"{name}: give either `warmup_steps` (with `alpha`) or `beta_schedule`, "
+                     "not both.")
+  check_number("gsam_alpha", gsam_alpha, transform=name)
+  sharpness_aware = sharpness_aware_gradient(
+      name, rho, adaptive=adaptive, eta=eta, group_size=group_size,
+      groups_in_parallel=groups_in_parallel, axis_name=axis_name)
+
+  def init_fn(params: PyTree) -> SANERState:
+    del params
+    zero = jnp.zeros([], jnp.float32)
+    return SANERState(count=jnp.zeros([], jnp.int32), beta=jnp.ones([], jnp.float32),
+                      group_fractions=GroupFractions(zero, zero, zero))
+
+  def update_fn(
+      updates: PyTree, state: SANERState, params: PyTree | None = None, *,
+      objective: Objective | None = None, **extra_args: Any,
+  ) -> tuple[PyTree, SANERState]:
+    del extra_args
+    clean, variant = sharpness_aware(updates, params, objective, state.count)
+    if callable(gsam_alpha) or gsam_alpha:
+      variant = gsam_combination(clean, variant, value_at(gsam_alpha, state.count))
+    beta = value_at(beta_schedule, state.count)
+    reweighted, fractions = saner_reweighting(clean, variant, beta)
+    return reweighted, SANERState(count=next_count(state.count), beta=beta,
+                                  group_fractions=fractions)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

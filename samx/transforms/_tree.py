@@ -1,0 +1,54 @@
+"""Small pytree arithmetic shared by the SAM-family transforms (norms accumulate in float32)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+  """The Euclidean norm of all leaves of ``tree`` taken as one vector, in float32."""
+  squares = [jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree)]
+  return jnp.sqrt(sum(squares, jnp.zeros((), jnp.float32)))
+
+
+def vdot(a: PyTree, b: PyTree) -> jax.Array:
+  """The inner product of two pytrees of the same structure, in float32."""
+  products = [
+      jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  ]
+  return sum(products, jnp.zeros((), jnp.float32))
+
+
+def add(a: PyTree, b: PyTree) -> PyTree:
+  """``a + b`` leafwise, keeping the dtype of ``a``."""
+  return jax.tree.map(lambda x, y: x + y.astype(x.dtype), a, b)
+
+
+def scale(factor: jax.Array, tree: PyTree) -> PyTree:
+  """``factor * tree`` leafwise, keeping each leaf's dtype."""
+  return jax.tree.map(lambda x: (factor * x).astype(x.dtype), tree)
+
+
+def safe_reciprocal(norm: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(1 / norm, ok)`` where ``ok`` says the norm is positive and finite; ``1 / norm`` is 0 if not.
+
+  The guard is what keeps a zero or non-finite gradient from becoming a NaN perturbation.
+  """
+  ok = jnp.isfinite(norm) & (norm > 0)
+  return jnp.where(ok, 1.0 / jnp.where(ok, norm, 1.0), 0.0), ok
+
+
+def where(condition: jax.Array, a: PyTree, b: PyTree) -> PyTree:
+  """Leafwise ``jnp.where`` with a scalar condition."""
+  return jax.tree.map(lambda x, y: jnp.where(condition, x, y), a, b)
+
+
+def mean(trees: PyTree, axis: int = 0) -> PyTree:
+  """Leafwise mean over ``axis``."""
+  return jax.tree.map(lambda x: jnp.mean(x, axis=axis), trees)
