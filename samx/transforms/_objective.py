@@ -68,6 +68,7 @@ class Objective:
 
   def losses(self, params: PyTree) -> jax.Array:
     """Per-example losses at ``params``, shape ``(batch,)``."""
+    self.batch_size  # noqa: B018 -- checks the batch before the model sees it
     return self.losses_from_outputs(self.apply_fn(params, self.inputs))
 
   def losses_from_outputs(self, outputs: PyTree) -> jax.Array:
@@ -143,7 +144,7 @@ class Objective:
     graphdef, _, frozen = nnx.split(model, wrt, ...)
 
     def apply_fn(params, batch_inputs):
-      return nnx.merge(graphdef, params, frozen)(batch_inputs)
+      return nnx.merge(graphdef, params, frozen, copy=True)(batch_inputs)
 
     return cls(apply_fn=apply_fn, loss_fn=loss_fn, inputs=inputs, targets=targets)
 

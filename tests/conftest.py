@@ -1,0 +1,96 @@
+"""Shared test problems with closed-form gradients, written in float64 numpy (independent of samx)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import samx
+
+# Multi-device tests run in subprocesses; keep the parent on one CPU device.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def squared_error(outputs, targets):
+  return 0.5 * (outputs - targets) ** 2
+
+
+def logistic_loss(outputs, targets):
+  """Binary logistic loss with targets in {0, 1}: log(1 + e^z) - y z."""
+  return jnp.logaddexp(0.0, outputs) - targets * outputs
+
+
+def linear_apply(w, x):
+  return x @ w
+
+
+class LinearRegression:
+  """L(w) = mean_i 0.5 (x_i.w - y_i)^2 = 0.5 w'Aw - c'w + const, grad = A w - c."""
+
+  def __init__(self, n=16, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    self.x = rng.normal(size=(n, d))
+    self.y = rng.normal(size=n)
+    self.a = self.x.T @ self.x / n
+    self.c = self.x.T @ self.y / n
+    self.w = rng.normal(size=d)
+
+  def grad(self, w, rows=slice(None)):
+    x, y = self.x[rows], self.y[rows]
+    return x.T @ (x @ w - y) / len(y)
+
+  def objective(self, rows=slice(None)):
+    return samx.Objective(linear_apply, squared_error, jnp.asarray(self.x[rows], jnp.float32),
+                          jnp.asarray(self.y[rows], jnp.float32))
+
+
+class LogisticRegression:
+  """L(w) = mean_i log(1 + exp(x_i.w)) - y_i x_i.w, grad = mean_i (sigmoid(x_i.w) - y_i) x_i."""
+
+  def __init__(self, n=16, d=4, seed=1):
+    rng = np.random.default_rng(seed)
+    self.x = rng.normal(size=(n, d))
+    self.y = (rng.uniform(size=n) < 0.5).astype(np.float64)
+    self.w = rng.normal(size=d)
+
+  def grad(self, w, rows=slice(None)):
+    x, y = self.x[rows], self.y[rows]
+    return x.T @ (1.0 / (1.0 + np.exp(-(x @ w))) - y) / len(y)
+
+  def objective(self, rows=slice(None)):
+    return samx.Objective(linear_apply, logistic_loss, jnp.asarray(self.x[rows], jnp.float32),
+                          jnp.asarray(self.y[rows], jnp.float32))
+
+
+def sam_reference(grad_fn, w, rho):
+  """Foret et al.'s SAM gradient in float64: grad at w + rho g / ||g||."""
+  g = grad_fn(w)
+  return grad_fn(w + rho * g / np.linalg.norm(g))
+
+
+def asam_reference(grad_fn, w, rho, eta):
+  """Kwon et al.'s ASAM gradient in float64: grad at w + rho T^2 g / ||T g||, T = |w| + eta."""
+  g = grad_fn(w)
+  t = np.abs(w) + eta
+  return grad_fn(w + rho * t * t * g / np.linalg.norm(t * g))
+
+
+def apply_once(tx, objective, params, grads=None):
+  """One update of ``tx`` from a fresh state; returns (updates, new_state)."""
+  params = jnp.asarray(params, jnp.float32)
+  grads = objective.grad(params) if grads is None else grads
+  return tx.update(grads, tx.init(params), params, objective=objective)
+
+
+@pytest.fixture
+def regression():
+  return LinearRegression()
+
+
+@pytest.fixture
+def logistic():
+  return LogisticRegression()
