@@ -1,10 +1,9 @@
-"""Shared test problems with closed-form gradients, written in float64 numpy (independent of samx)."""
+"""Shared test problems with closed-form gradients in float64 numpy (independent of samx)."""
 
 from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
@@ -85,13 +85,24 @@ class Objective:
     """The mean loss at ``params``."""
     return jnp.mean(self.losses(params))
 
-  def value_and_grad(self, params: PyTree) -> tuple[jax.Array, PyTree]:
-    """The mean loss at ``params`` and its gradient with respect to ``params``."""
-    return jax.value_and_grad(self.loss)(params)
+  def value_and_grad(
+      self, params: PyTree, *, axis_name: Hashable | None = None
+  ) -> tuple[jax.Array, PyTree]:
+    """The mean loss at ``params`` and its gradient with respect to ``params``.
 
-  def grad(self, params: PyTree) -> PyTree:
-    """The gradient of the mean loss with respect to ``params``."""
-    return jax.grad(self.loss)(params)
+    With ``axis_name`` (inside ``jax.pmap`` or ``jax.shard_map``), the loss and gradient of the
+    *global* batch: each device's are averaged over the axis. Under ``shard_map`` this is not
+    the same as differentiating the local loss with respect to replicated parameters, which
+    JAX sums over devices.
+    """
+    if axis_name is None:
+      return jax.value_and_grad(self.loss)(params)
+    local = jax.value_and_grad(self.loss)(as_varying(params, axis_name))
+    return jax.lax.pmean(local, axis_name)
+
+  def grad(self, params: PyTree, *, axis_name: Hashable | None = None) -> PyTree:
+    """The gradient of the mean loss; see :meth:`value_and_grad` for ``axis_name``."""
+    return self.value_and_grad(params, axis_name=axis_name)[1]
 
   def split_into_groups(self, group_size: int) -> Objective:
     """The objective with every batch leaf reshaped to ``(batch // group_size, group_size, ...)``.
@@ -150,3 +161,32 @@ class Objective:
 
 
 jax.tree_util.register_dataclass(Objective)
+
+
+def _varying_axes(leaf: jax.Array) -> frozenset:
+  aval = jax.typeof(leaf)
+  manual = getattr(aval, "manual_axis_type", None)
+  if manual is not None:
+    return frozenset(manual.varying)
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def as_varying(tree: PyTree, axis_name: Hashable) -> PyTree:
+  """Marks ``tree`` as varying along the mapped ``axis_name`` (where it is not already).
+
+  Under ``shard_map``, the gradient with respect to a value that is the same on every device
+  (replicated parameters) is summed over devices by autodiff. Differentiating with respect to a
+  varying copy instead gives each device its local gradient, which the caller then averages
+  explicitly; under ``pmap`` the cast changes nothing.
+  """
+  names = tuple(axis_name) if isinstance(axis_name, tuple) else (axis_name,)
+
+  def cast(leaf):
+    missing = tuple(name for name in names if name not in _varying_axes(leaf))
+    if not missing:
+      return leaf
+    if hasattr(jax.lax, "pcast"):
+      return jax.lax.pcast(leaf, missing, to="varying")
+    return jax.lax.pvary(leaf, missing)  # JAX releases before `pcast`
+
+  return jax.tree.map(cast, tree)

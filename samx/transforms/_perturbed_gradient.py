@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from samx.transforms import _tree
-from samx.transforms._objective import Objective
+from samx.transforms._objective import Objective, as_varying
 from samx.transforms._perturbation import Perturbation
 
 PyTree = Any
@@ -78,19 +78,25 @@ def clean_and_perturbed_gradients(
 
   With ``axis_name``, ``g`` and ``g_sam`` are averaged over that mapped axis (``pmap``,
   ``shard_map``): without groups, ``eps`` then comes from the global-batch gradient; with groups,
-  the groups are those of each device's own batch.
+  the groups are those of each device's own batch. The incoming ``grads`` may be each device's
+  local gradient or already the global one (averaging is then a no-op); under ``shard_map``
+  compute them with ``objective.value_and_grad(params, axis_name=...)``.
   """
-  pmean = (lambda tree: tree) if axis_name is None else (
-      lambda tree: jax.lax.pmean(tree, axis_name))
+  if axis_name is None:
+    pmean, local_params = (lambda tree: tree), params
+  else:
+    # Differentiate per device, then average explicitly (see `as_varying`).
+    pmean, local_params = (lambda tree: jax.lax.pmean(tree, axis_name)), as_varying(
+        params, axis_name)
   if group_size is None:
     clean = pmean(grads)
     eps = perturbation(clean, params, rho)
-    return clean, pmean(gradient_at(objective, params, eps))
+    return clean, pmean(gradient_at(objective, local_params, eps))
 
   def group_gradients(group: Objective) -> tuple[PyTree, PyTree]:
-    group_clean = group.grad(params)
-    group_eps = perturbation(group_clean, params, rho)
-    return group_clean, gradient_at(group, params, group_eps)
+    group_clean = group.grad(local_params)
+    group_eps = perturbation(group_clean, local_params, rho)
+    return group_clean, gradient_at(group, local_params, group_eps)
 
   clean, perturbed = _mean_over_groups(
       group_gradients, objective.split_into_groups(group_size), groups_in_parallel)

@@ -192,7 +192,7 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, name):
 
 
 def test_group_size_must_divide_the_batch(regression):
-  with pytest.raises(ValueError, match="group_size must be a positive integer that divides"):
+  with pytest.raises(ValueError, match=r"group_size must be a positive integer that divides"):
     apply_once(samx.sam(0.1, group_size=5), regression.objective(), regression.w)
 
 
@@ -203,5 +203,5 @@ def test_update_without_objective_or_params_explains_the_call(regression):
     tx.update(params, tx.init(params), params)
   with pytest.raises(ValueError, match="needs the current parameters"):
     tx.update(params, tx.init(params), objective=regression.objective())
-  with pytest.raises(ValueError, match="must be a samx.Objective"):
+  with pytest.raises(ValueError, match=r"must be a samx\.Objective"):
     tx.update(params, tx.init(params), params, objective=lambda w: w)

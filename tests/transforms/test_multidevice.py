@@ -1,0 +1,21 @@
+"""The SAM family on 8 CPU devices (pmap, shard_map, jit over a Mesh) equals one device.
+
+The checks need XLA_FLAGS set before JAX starts, so they run in a subprocess.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+CHECKS = pathlib.Path(__file__).with_name("multidevice_checks.py")
+
+
+def test_eight_devices_match_one_device():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stdout + result.stderr
+  # 5 transforms x (pmap, shard_map, mesh), each reported.
+  assert result.stdout.count("ok ") == 15, result.stdout
