@@ -15,9 +15,9 @@ import optax
 from samx.transforms._objective import Objective
 from samx.transforms._perturbation import Perturbation, asam_perturbation, sam_perturbation
 from samx.transforms._perturbed_gradient import (
-    GradientAt,
+    PerturbedLoss,
     clean_and_perturbed_gradients,
-    full_gradient_at,
+    loss_at_perturbation,
 )
 
 PyTree = Any
@@ -74,7 +74,7 @@ class SharpnessAwareGradient:
   transform: str
   rho: ScalarOrSchedule
   perturbation: Perturbation
-  gradient_at: GradientAt
+  perturbed_loss: PerturbedLoss
   group_size: int | None
   groups_in_parallel: int | None
   axis_name: Hashable | None
@@ -97,7 +97,7 @@ class SharpnessAwareGradient:
           "`tx.update(grads, state, params, objective=...)`.")
     return clean_and_perturbed_gradients(
         objective, params, grads, value_at(self.rho, count),
-        perturbation=self.perturbation, gradient_at=self.gradient_at,
+        perturbation=self.perturbation, perturbed_loss=self.perturbed_loss,
         group_size=self.group_size, groups_in_parallel=self.groups_in_parallel,
         axis_name=self.axis_name)
 
@@ -111,7 +111,7 @@ def sharpness_aware_gradient(
     group_size: int | None = None,
     groups_in_parallel: int | None = None,
     axis_name: Hashable | None = None,
-    gradient_at: GradientAt = full_gradient_at,
+    perturbed_loss: PerturbedLoss = loss_at_perturbation,
 ) -> SharpnessAwareGradient:
   """Checks the options every SAM-family transform shares and bundles them."""
   check_number("rho", rho, transform=transform)
@@ -130,7 +130,7 @@ def sharpness_aware_gradient(
       transform=transform,
       rho=rho,
       perturbation=asam_perturbation(eta) if adaptive else sam_perturbation,
-      gradient_at=gradient_at,
+      perturbed_loss=perturbed_loss,
       group_size=group_size,
       groups_in_parallel=groups_in_parallel,
       axis_name=axis_name,

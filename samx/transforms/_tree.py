@@ -49,6 +49,21 @@ def where(condition: jax.Array, a: PyTree, b: PyTree) -> PyTree:
   return jax.tree.map(lambda x, y: jnp.where(condition, x, y), a, b)
 
 
-def mean(trees: PyTree, axis: int = 0) -> PyTree:
-  """Leafwise mean over ``axis``."""
-  return jax.tree.map(lambda x: jnp.mean(x, axis=axis), trees)
+def sum_leading_axis(tree: PyTree) -> PyTree:
+  """Leafwise sum over axis 0, by repeatedly adding the two halves of the axis.
+
+  Same sum as ``jnp.sum(x, axis=0)``, but XLA:CPU lays a reduction over the leading axis of a
+  vmapped gradient out so badly that the gradient's own matmuls become several times slower;
+  adding contiguous halves keeps the default layout (measured in benchmarks/step_cost.py).
+  """
+
+  def halving_sum(x: jax.Array) -> jax.Array:
+    while x.shape[0] > 1:
+      half = x.shape[0] // 2
+      odd_one = x[2 * half:]
+      x = x[:half] + x[half:2 * half]
+      if odd_one.shape[0]:
+        x = x.at[0].add(odd_one[0])
+    return x[0]
+
+  return jax.tree.map(halving_sum, tree)

@@ -1,0 +1,194 @@
+"""Cost of one training step for the SAM family, side by side with SGD and optax.contrib.sam.
+
+For each model, every optimizer's full training step (forward/backward with BatchNorm
+statistics from the clean pass, the optimizer update, the parameter update) is jit-compiled in
+this one process, and then timed in interleaved rounds so that the machine's noise falls on all
+of them alike. Reported per optimizer: median step time and its ratio to SGD, XLA's FLOP count
+of the compiled step (``compiled.cost_analysis()``) and its ratio to SGD, and XLA's peak memory
+estimate of the step (``compiled.memory_analysis()``) and its ratio to SGD.
+
+    python benchmarks/step_cost.py                      # CPU-sized defaults
+    python benchmarks/step_cost.py --models resnet18 --resnet-width 1.0 --batch-size 128  # GPU
+
+Writes a markdown table to stdout and JSON to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import samx
+from samx.models import MLP, resnet18
+
+LEARNING_RATE, RHO = 0.1, 0.05
+
+
+def optimizers(group_size: int) -> dict[str, Callable[[], Any]]:
+  """Every optimizer measured: a samx transform (or none) before momentum SGD with weight decay."""
+  def descent():
+    return optax.add_decayed_weights(5e-4), optax.sgd(LEARNING_RATE, momentum=0.9)
+
+  return {
+      "sgd": lambda: optax.chain(*descent()),
+      "sam": lambda: optax.chain(samx.sam(RHO), *descent()),
+      "asam": lambda: optax.chain(samx.sam(10 * RHO, adaptive=True), *descent()),
+      "saner": lambda: optax.chain(samx.saner(RHO, warmup_steps=100), *descent()),
+      "gsam": lambda: optax.chain(samx.gsam(RHO, 0.1), *descent()),
+      f"m-sam (m={group_size})": lambda: optax.chain(samx.sam(RHO, group_size=group_size),
+                                                     *descent()),
+      f"m-sam (m={group_size}, one group at a time)": lambda: optax.chain(
+          samx.sam(RHO, group_size=group_size, groups_in_parallel=1), *descent()),
+      "optax.contrib.sam": lambda: optax.contrib.sam(
+          optax.chain(*descent()), optax.chain(optax.contrib.normalize(), optax.sgd(RHO)),
+          opaque_mode=True),
+  }
+
+
+def make_model(name: str, args: argparse.Namespace) -> tuple[nnx.Module, tuple[int, ...]]:
+  if name == "mlp":
+    hidden = (args.mlp_width, args.mlp_width)
+    return MLP(784, hidden, 10, rngs=nnx.Rngs(0)), (28, 28, 1)
+  if name == "resnet18":
+    return resnet18(10, width=args.resnet_width, rngs=nnx.Rngs(0)), (32, 32, 3)
+  raise ValueError(f"--models: unknown model {name!r}; choose from mlp, resnet18.")
+
+
+def make_step(model: nnx.Module, name: str, tx: optax.GradientTransformation):
+  """The training step ``(params, stats, opt_state, x, y) -> (params, stats, opt_state, loss)``."""
+  graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+  xent = optax.softmax_cross_entropy_with_integer_labels
+
+  def forward(params, stats, x):
+    network = nnx.merge(graphdef, params, stats, copy=True)
+    return network(x), nnx.state(network, nnx.BatchStat)
+
+  def clean_loss(params, stats, x, y):
+    logits, new_stats = forward(params, stats, x)
+    return jnp.mean(xent(logits, y)), new_stats
+
+  def step(params, stats, opt_state, x, y):
+    (loss, new_stats), grads = jax.value_and_grad(clean_loss, has_aux=True)(params, stats, x, y)
+    if name == "optax.contrib.sam":
+      def grad_fn(p, _):
+        return jax.grad(lambda q: clean_loss(q, stats, x, y)[0])(p)
+
+      updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
+    else:
+      # The perturbed pass normalises with its own batch statistics and discards them.
+      objective = samx.Objective(lambda p, inputs: forward(p, stats, inputs)[0], xent, x, y)
+      updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
+    return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+  return step
+
+
+def measure(model_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+  model, image_shape = make_model(model_name, args)
+  model.train()
+  _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(args.batch_size, *image_shape)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, size=args.batch_size), jnp.int32)
+
+  runs = {}
+  for name, make_tx in optimizers(args.group_size).items():
+    tx = make_tx()
+    state = (params, stats, tx.init(params))
+    compiled = jax.jit(make_step(model, name, tx)).lower(*state, x, y).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    # Live at once, at most: inputs, outputs and XLA's temporaries (on CPU,
+    # `peak_memory_in_bytes` leaves the temporaries out).
+    memory = compiled.memory_analysis()
+    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    for _ in range(2):  # warm up
+      *state, loss = compiled(*state, x, y)
+    jax.block_until_ready(loss)
+    runs[name] = {"compiled": compiled, "state": state, "times": [],
+                  "flops": float(cost.get("flops", float("nan"))), "peak_bytes": int(peak)}
+
+  for _ in range(args.rounds):
+    for run in runs.values():
+      state = run["state"]
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        *state, loss = run["compiled"](*state, x, y)
+      jax.block_until_ready((state, loss))
+      run["times"].append((time.perf_counter() - start) / args.steps)
+      run["state"] = state
+
+  sgd = runs["sgd"]
+  sgd_time = statistics.median(sgd["times"])
+  rows = []
+  for name, run in runs.items():
+    step_time = statistics.median(run["times"])
+    rows.append({
+        "model": model_name, "optimizer": name, "ms_per_step": 1e3 * step_time,
+        "time_vs_sgd": step_time / sgd_time, "gflops_per_step": run["flops"] / 1e9,
+        "flops_vs_sgd": run["flops"] / sgd["flops"], "peak_mb": run["peak_bytes"] / 2**20,
+        "memory_vs_sgd": run["peak_bytes"] / sgd["peak_bytes"],
+    })
+  sam_time = next(r["ms_per_step"] for r in rows if r["optimizer"] == "sam")
+  for row in rows:
+    row["time_vs_sam"] = row["ms_per_step"] / sam_time
+  return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+  lines = ["| model | optimizer | ms/step | time / SGD | time / SAM | GFLOP/step | FLOPs / SGD "
+           "| peak MiB | memory / SGD |", "|" + "---|" * 9]
+  for r in rows:
+    lines.append(
+        f"| {r['model']} | {r['optimizer']} | {r['ms_per_step']:.2f} | {r['time_vs_sgd']:.2f} | "
+        f"{r['time_vs_sam']:.2f} | {r['gflops_per_step']:.3f} | {r['flops_vs_sgd']:.3f} | "
+        f"{r['peak_mb']:.1f} | {r['memory_vs_sgd']:.2f} |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="mlp,resnet18")
+  parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--mlp-width", type=int, default=512, help="hidden units of the MLP")
+  parser.add_argument("--resnet-width", type=float, default=0.25,
+                      help="channel multiplier of ResNet-18 (1.0 = the standard 64-512)")
+  parser.add_argument("--group-size", type=int, default=16, help="m of the m-SAM row")
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
+  parser.add_argument("--output", type=pathlib.Path, default=None, help="JSON file to write")
+  args = parser.parse_args(argv)
+  if args.batch_size % args.group_size:
+    parser.error(f"--group-size {args.group_size} must divide --batch-size {args.batch_size}")
+
+  rows = [row for name in args.models.split(",") for row in measure(name.strip(), args)]
+  device = jax.devices()[0]
+  header = (f"device: {device.platform} ({device.device_kind}), {jax.device_count()} device(s), "
+            f"host {platform.processor() or platform.machine()}; jax {jax.__version__}, "
+            f"batch {args.batch_size}, MLP 784-{args.mlp_width}-{args.mlp_width}-10, ResNet-18 "
+            f"width {args.resnet_width}, rounds {args.rounds} x {args.steps} "
+            "steps (median)")
+  print(header)
+  print(markdown(rows))
+  if args.output:
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"setup": header, "args": vars(args) | {
+        "output": str(args.output)}, "rows": rows}, indent=2))
+  return rows
+
+
+if __name__ == "__main__":
+  main()

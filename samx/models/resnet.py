@@ -1,0 +1,84 @@
+"""ResNets with the CIFAR stem (He et al. 2016), a width multiplier for CPU-sized runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions with BatchNorm and a projection shortcut when the shape changes."""
+
+  def __init__(self, in_channels: int, channels: int, stride: int, *, rngs: nnx.Rngs):
+    def conv(in_c: int, out_c: int, kernel: int, step: int) -> nnx.Conv:
+      return nnx.Conv(in_c, out_c, (kernel, kernel), strides=(step, step), padding="SAME",
+                      use_bias=False, rngs=rngs)
+
+    def norm(c: int) -> nnx.BatchNorm:
+      return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+    self.conv1, self.norm1 = conv(in_channels, channels, 3, stride), norm(channels)
+    self.conv2, self.norm2 = conv(channels, channels, 3, 1), norm(channels)
+    if stride != 1 or in_channels != channels:
+      self.shortcut = nnx.Sequential(conv(in_channels, channels, 1, stride), norm(channels))
+    else:
+      self.shortcut = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.norm1(self.conv1(x)))
+    y = self.norm2(self.conv2(y))
+    return nnx.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class ResNet(nnx.Module):
+  """A CIFAR-style ResNet: 3x3 stem, four stages of basic blocks, global average pool, ``head``.
+
+  ``width`` multiplies every channel count (1.0 is the standard 64-128-256-512); BatchNorm
+  follows ``model.train()`` / ``model.eval()``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from samx.models import resnet18
+    >>> model = resnet18(num_classes=10, width=0.25, rngs=nnx.Rngs(0))
+    >>> model(jnp.ones((2, 32, 32, 3))).shape, model.features(jnp.ones((2, 32, 32, 3))).shape
+    ((2, 10), (2, 128))
+  """
+
+  def __init__(self, stage_sizes: Sequence[int], num_classes: int, *, width: float = 1.0,
+               in_channels: int = 3, rngs: nnx.Rngs):
+    channels = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+    self.stem_conv = nnx.Conv(in_channels, channels[0], (3, 3), padding="SAME", use_bias=False,
+                              rngs=rngs)
+    self.stem_norm = nnx.BatchNorm(channels[0], momentum=0.9, epsilon=1e-5, rngs=rngs)
+    blocks, previous = [], channels[0]
+    for stage, (size, stage_channels) in enumerate(zip(stage_sizes, channels, strict=True)):
+      for index in range(size):
+        stride = 2 if stage > 0 and index == 0 else 1
+        blocks.append(BasicBlock(previous, stage_channels, stride, rngs=rngs))
+        previous = stage_channels
+    self.blocks = nnx.List(blocks)
+    self.head = nnx.Linear(previous, num_classes, rngs=rngs)
+
+  def features(self, x: jax.Array) -> jax.Array:
+    """Penultimate features: the globally average-pooled last stage, ``(batch, channels)``."""
+    x = nnx.relu(self.stem_norm(self.stem_conv(x)))
+    for block in self.blocks:
+      x = block(x)
+    return jnp.mean(x, axis=(1, 2))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.features(x))
+
+
+def resnet18(num_classes: int, *, width: float = 1.0, rngs: nnx.Rngs, **kwargs) -> ResNet:
+  """ResNet-18 (stages of 2, 2, 2, 2 basic blocks) with the CIFAR stem."""
+  return ResNet((2, 2, 2, 2), num_classes, width=width, rngs=rngs, **kwargs)
+
+
+def resnet34(num_classes: int, *, width: float = 1.0, rngs: nnx.Rngs, **kwargs) -> ResNet:
+  """ResNet-34 (stages of 3, 4, 6, 3 basic blocks) with the CIFAR stem."""
+  return ResNet((3, 4, 6, 3), num_classes, width=width, rngs=rngs, **kwargs)

@@ -1,0 +1,50 @@
+"""Model shapes, the feature/last-layer hooks, and BatchNorm modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from samx.models import MLP, resnet18, resnet34
+
+
+def parameter_count(model):
+  return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize(("builder", "expected"), [(resnet18, 11_173_962), (resnet34, 21_282_122)])
+def test_full_width_resnets_have_the_standard_parameter_counts(builder, expected):
+  # The CIFAR ResNet-18/34 counts of the reference implementations (10 classes).
+  model = nnx.eval_shape(lambda: builder(10, rngs=nnx.Rngs(0)))
+  assert parameter_count(model) == expected
+
+
+def test_resnet_features_feed_the_head():
+  model = resnet18(10, width=0.125, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  features = model.features(x)
+  assert features.shape == (4, 64)
+  np.testing.assert_allclose(model(x), model.head(features), rtol=1e-5, atol=1e-6)
+
+
+def test_resnet_batchnorm_follows_train_and_eval():
+  model = resnet18(10, width=0.125, rngs=nnx.Rngs(0))
+  x = jnp.ones((2, 32, 32, 3))
+  before = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
+  model.eval()
+  model(x)
+  jax.tree.map(np.testing.assert_array_equal, before, nnx.state(model, nnx.BatchStat))
+  model.train()
+  model(x)
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before,
+                         nnx.state(model, nnx.BatchStat))
+  assert any(jax.tree.leaves(changed))
+
+
+def test_mlp_flattens_inputs_and_exposes_features():
+  model = MLP(12, (8, 6), 3, rngs=nnx.Rngs(0))
+  x = jnp.ones((5, 2, 6))
+  assert model.features(x).shape == (5, 6)
+  assert model(x).shape == (5, 3)
+  assert model.head.out_features == 3
