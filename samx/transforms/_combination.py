@@ -16,9 +16,10 @@ class GroupFractions(NamedTuple):
   """Fractions of gradient components in SANER's groups (Luong et al. 2024).
 
   With ``r = g_variant / g`` elementwise, ``a`` is the fraction with ``r >= 1`` (SAM up-weights
-  or keeps the component; components with ``g = 0``, where ``r`` is undefined, count here),
-  ``b`` the fraction with ``0 < r < 1`` (SAM down-weights it; SANER scales it by ``beta``) and
-  ``c`` the fraction with ``r <= 0`` (SAM flips or zeroes it). ``a + b + c = 1``.
+  or keeps the component), ``b`` the fraction with ``0 < r < 1`` (SAM down-weights it; SANER
+  scales it by ``beta``) and ``c`` the fraction with ``r <= 0`` (SAM flips or zeroes it). Where
+  ``g = 0``, ``r`` is read as IEEE division gives it: ``+inf`` (A) or ``-inf`` (C) by the sign of
+  ``g_variant``; ``0 / 0`` counts as A. ``a + b + c = 1``.
   """
 
   a: jax.Array
@@ -38,15 +39,21 @@ def gsam_combination(clean: PyTree, perturbed: PyTree, alpha: jax.Array) -> PyTr
 
 
 def saner_groups(clean: PyTree, variant: PyTree) -> tuple[PyTree, PyTree]:
-  """Boolean masks ``(in_b, in_c)`` of SANER's groups B and C, computed without dividing.
+  """Boolean masks ``(in_b, in_c)`` of SANER's groups B and C, from signs and magnitudes.
 
-  ``0 < g_variant / g < 1`` holds iff both have the same sign and ``|g_variant| < |g|``;
-  ``g_variant / g <= 0`` iff ``g != 0`` and the signs differ or ``g_variant = 0``.
+  ``0 < v / g < 1`` iff ``g`` and ``v`` have the same sign and ``|v| < |g|``; ``v / g <= 0`` iff
+  ``g != 0`` and ``v`` is zero or of the other sign, or ``g = 0`` and ``v < 0`` (``r = -inf``).
+  No division and no product (which could underflow) is formed.
   """
-  same_sign = jax.tree.map(lambda g, v: g * v > 0, clean, variant)
-  in_b = jax.tree.map(lambda s, g, v: s & (jnp.abs(v) < jnp.abs(g)), same_sign, clean, variant)
-  in_c = jax.tree.map(lambda s, g: (g != 0) & ~s, same_sign, clean)
-  return in_b, in_c
+
+  def in_b(g: jax.Array, v: jax.Array) -> jax.Array:
+    same_sign = ((g > 0) & (v > 0)) | ((g < 0) & (v < 0))
+    return same_sign & (jnp.abs(v) < jnp.abs(g))
+
+  def in_c(g: jax.Array, v: jax.Array) -> jax.Array:
+    return ((g > 0) & (v <= 0)) | ((g < 0) & (v >= 0)) | ((g == 0) & (v < 0))
+
+  return jax.tree.map(in_b, clean, variant), jax.tree.map(in_c, clean, variant)
 
 
 def group_fractions(in_b: PyTree, in_c: PyTree) -> GroupFractions:

@@ -40,6 +40,7 @@ def gsam(
     eta: float = 0.01,
     group_size: int | None = None,
     groups_in_parallel: int | None = None,
+    groups_unroll: int | bool = True,
     axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Surrogate Gap Guided SAM: SAM's gradient minus ``alpha`` times the clean gradient's residual.
@@ -65,6 +66,7 @@ def gsam(
     eta: ASAM's offset.
     group_size: examples per group for m-sharpness (``None``: the whole batch).
     groups_in_parallel: with ``group_size``, how many groups are vmapped at once.
+    groups_unroll: the ``unroll`` of the scan over chunks of groups (see :func:`samx.sam`).
     axis_name: the ``pmap``/``shard_map`` axis to average the gradients over.
 
   Returns:
@@ -90,7 +92,8 @@ def gsam(
   check_number("alpha", alpha, transform="samx.gsam")
   sharpness_aware = sharpness_aware_gradient(
       "samx.gsam", rho, adaptive=adaptive, eta=eta, group_size=group_size,
-      groups_in_parallel=groups_in_parallel, axis_name=axis_name)
+      groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
+      axis_name=axis_name)
 
   def init_fn(params: PyTree) -> GSAMState:
     del params

@@ -32,6 +32,7 @@ def sam(
     eta: float = 0.01,
     group_size: int | None = None,
     groups_in_parallel: int | None = None,
+    groups_unroll: int | bool = True,
     axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-Aware Minimization: replaces the gradient by the gradient at ``w + eps``.
@@ -65,8 +66,12 @@ def sam(
     eta: ASAM's offset in :math:`T = |w| + \eta`.
     group_size: examples per group for m-sharpness; ``None`` is one group, the whole batch.
       Must divide the batch (per device, under ``pmap``/``shard_map``).
-    groups_in_parallel: with ``group_size``, how many groups are vmapped at once; fewer trades
-      speed for memory (each vmapped group holds a gradient). Must divide the number of groups.
+    groups_in_parallel: with ``group_size``, how many groups are vmapped at once (``None``: all);
+      the chunks of groups then run in a ``lax.scan``. Fewer bounds memory (each vmapped group
+      holds a gradient); on CPU, 1 is also the fastest. Must divide the number of groups.
+    groups_unroll: the ``unroll`` of that scan; ``True`` (the default) unrolls it fully, which
+      XLA:CPU runs far faster (a rolled loop of convolutions is ~20x slower there) at the price
+      of compile time growing with the number of chunks.
     axis_name: the ``pmap``/``shard_map`` axis to average the gradients over. Not needed under
       ``jax.jit`` with sharded arrays, where the batch is already global.
 
@@ -102,7 +107,8 @@ def sam(
   """
   sharpness_aware = sharpness_aware_gradient(
       "samx.sam", rho, adaptive=adaptive, eta=eta, group_size=group_size,
-      groups_in_parallel=groups_in_parallel, axis_name=axis_name)
+      groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
+      axis_name=axis_name)
 
   def init_fn(params: PyTree) -> SAMState:
     del params

@@ -59,6 +59,7 @@ def saner(
     eta: float = 0.01,
     group_size: int | None = None,
     groups_in_parallel: int | None = None,
+    groups_unroll: int | bool = True,
     axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SANER: Sharpness-Aware Noise-Explicit Reweighting of SAM's gradient (Luong et al. 2024).
@@ -80,10 +81,11 @@ def saner(
 
   so :math:`\beta` goes linearly from 1 to ``alpha`` over the first ``k = warmup_steps`` steps
   (the paper: ``alpha=0.5`` and ``k`` = 50 of 200 epochs of steps). ``alpha=1`` is the SAM
-  variant itself. Groups are found without dividing (components with :math:`g_j = 0` count as
-  group A), so zero gradients are safe. The state keeps ``beta`` and the group fractions of the
-  last step for logging. With ``group_size``, the groups are taken on the means over groups of
-  :math:`g` and :math:`g_v`. The extra cost over SAM is a few elementwise operations.
+  variant itself. Groups are found from signs and magnitudes, without dividing, so zero
+  gradients are safe (see :class:`samx.GroupFractions` for :math:`g_j = 0`). The state keeps
+  ``beta`` and the group fractions of the last step for logging. With ``group_size``, the groups
+  are taken on the means over groups of :math:`g` and :math:`g_v`. The extra cost over SAM is a
+  few elementwise operations, and holding :math:`g` until :math:`g_v` is known.
 
   Args:
     rho: the ascent radius, a number >= 0 or an optax schedule of the step count (paper: 0.1).
@@ -98,6 +100,7 @@ def saner(
     eta: ASAM's offset.
     group_size: examples per group for m-sharpness (``None``: the whole batch).
     groups_in_parallel: with ``group_size``, how many groups are vmapped at once.
+    groups_unroll: the ``unroll`` of the scan over chunks of groups (see :func:`samx.sam`).
     axis_name: the ``pmap``/``shard_map`` axis to average the gradients over.
 
   Returns:
@@ -140,7 +143,8 @@ def saner(
   check_number("gsam_alpha", gsam_alpha, transform=name)
   sharpness_aware = sharpness_aware_gradient(
       name, rho, adaptive=adaptive, eta=eta, group_size=group_size,
-      groups_in_parallel=groups_in_parallel, axis_name=axis_name)
+      groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
+      axis_name=axis_name)
 
   def init_fn(params: PyTree) -> SANERState:
     del params

@@ -77,6 +77,7 @@ class SharpnessAwareGradient:
   perturbed_loss: PerturbedLoss
   group_size: int | None
   groups_in_parallel: int | None
+  groups_unroll: int | bool
   axis_name: Hashable | None
 
   def __call__(
@@ -99,7 +100,7 @@ class SharpnessAwareGradient:
         objective, params, grads, value_at(self.rho, count),
         perturbation=self.perturbation, perturbed_loss=self.perturbed_loss,
         group_size=self.group_size, groups_in_parallel=self.groups_in_parallel,
-        axis_name=self.axis_name)
+        groups_unroll=self.groups_unroll, axis_name=self.axis_name)
 
 
 def sharpness_aware_gradient(
@@ -110,6 +111,7 @@ def sharpness_aware_gradient(
     eta: float = 0.01,
     group_size: int | None = None,
     groups_in_parallel: int | None = None,
+    groups_unroll: int | bool = True,
     axis_name: Hashable | None = None,
     perturbed_loss: PerturbedLoss = loss_at_perturbation,
 ) -> SharpnessAwareGradient:
@@ -121,6 +123,8 @@ def sharpness_aware_gradient(
   check_count("group_size", group_size, minimum=1, allow_none=True, transform=transform)
   check_count("groups_in_parallel", groups_in_parallel, minimum=1, allow_none=True,
               transform=transform)
+  if not isinstance(groups_unroll, bool):
+    check_count("groups_unroll", groups_unroll, minimum=1, allow_none=False, transform=transform)
   if groups_in_parallel is not None and group_size is None:
     raise ValueError(f"{transform}: `groups_in_parallel` needs `group_size` to be set.")
   if axis_name is not None and not isinstance(axis_name, Hashable):
@@ -133,5 +137,6 @@ def sharpness_aware_gradient(
       perturbed_loss=perturbed_loss,
       group_size=group_size,
       groups_in_parallel=groups_in_parallel,
+      groups_unroll=groups_unroll,
       axis_name=axis_name,
   )

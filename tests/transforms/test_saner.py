@@ -5,8 +5,11 @@ import numpy as np
 import optax
 import pytest
 from conftest import LinearRegression, LogisticRegression, apply_once, sam_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import samx
+from samx.transforms._combination import saner_reweighting
 
 
 def saner_reference(g, g_variant, beta):
@@ -15,7 +18,7 @@ def saner_reference(g, g_variant, beta):
     r = g_variant / g
   in_b = (r > 0) & (r < 1)
   in_c = r <= 0
-  in_a = ~(in_b | in_c)  # r >= 1, and r undefined where g = 0
+  in_a = ~(in_b | in_c)  # r >= 1, and r = nan where g = g_variant = 0
   fractions = [np.mean(in_a), np.mean(in_b), np.mean(in_c)]
   return np.where(in_b, beta * g_variant, g_variant), fractions
 
@@ -140,3 +143,22 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, match):
   kwargs = {"rho": 0.1, **kwargs}
   with pytest.raises(ValueError, match=match):
     samx.saner(**kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.sampled_from([0.0, 1.0, -1.0, 0.5, -2.0, 1e-30, 3.0]),
+                  st.sampled_from([0.0, 1.0, -1.0, 0.25, -0.5, 2.0, 1e-30])),
+        min_size=1, max_size=24),
+    beta=st.floats(0.0, 1.0),
+)
+def test_reweighting_rule_matches_the_ratio_definition(pairs, beta):
+  # Any pair (g, g_variant), zeros and ties included, against r = g_variant / g by division.
+  g = np.array([p[0] for p in pairs], np.float32)
+  v = np.array([p[1] for p in pairs], np.float32)
+  expected, fractions = saner_reference(g.astype(np.float64), v.astype(np.float64), beta)
+  updates, got = saner_reweighting({"w": jnp.asarray(g)}, {"w": jnp.asarray(v)},
+                                   jnp.float32(beta))
+  np.testing.assert_allclose(updates["w"], expected, rtol=1e-6, atol=0)
+  np.testing.assert_allclose(got, fractions, atol=1e-6)

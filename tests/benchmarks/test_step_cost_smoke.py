@@ -1,0 +1,35 @@
+"""The step-cost benchmark and the quick-start example run and report what they promise."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import step_cost  # noqa: E402
+
+
+def test_step_cost_reports_every_optimizer_with_ratios(tmp_path):
+  output = tmp_path / "cost.json"
+  rows = step_cost.main(["--models", "mlp", "--mlp-width", "16", "--batch-size", "16",
+                         "--group-size", "4", "--rounds", "1", "--steps", "1",
+                         "--output", str(output)])
+  names = [row["optimizer"] for row in rows]
+  assert names[0] == "sgd" and "optax.contrib.sam" in names and "saner" in names
+  sgd = rows[0]
+  assert sgd["time_vs_sgd"] == 1.0 and sgd["flops_vs_sgd"] == 1.0
+  sam = next(row for row in rows if row["optimizer"] == "sam")
+  # Two gradient evaluations: XLA's FLOP count roughly doubles (not a timing).
+  assert 1.8 < sam["flops_vs_sgd"] < 2.2
+  assert json.loads(output.read_text())["rows"] == rows
+
+
+def test_quickstart_example_runs(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--steps", "5"],
+      capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr
+  for name in ("sgd", "sam", "asam", "m-sam", "gsam", "saner"):
+    assert f"\n{name}" in result.stdout, result.stdout
