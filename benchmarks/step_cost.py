@@ -104,7 +104,14 @@ def measure(model_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
   y = jnp.asarray(rng.integers(0, 10, size=args.batch_size), jnp.int32)
 
   runs = {}
-  for name, make_tx in optimizers(args.group_size).items():
+  chosen = optimizers(args.group_size)
+  if args.optimizers:
+    wanted = {"sgd", "sam", *(name.strip() for name in args.optimizers.split(","))}
+    unknown = wanted - set(chosen)
+    if unknown:
+      raise ValueError(f"--optimizers: unknown {sorted(unknown)}; choose from {sorted(chosen)}.")
+    chosen = {name: make for name, make in chosen.items() if name in wanted}
+  for name, make_tx in chosen.items():
     tx = make_tx()
     state = (params, stats, tx.init(params))
     compiled = jax.jit(make_step(model, name, tx)).lower(*state, x, y).compile()
@@ -131,30 +138,41 @@ def measure(model_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
       run["times"].append((time.perf_counter() - start) / args.steps)
       run["state"] = state
 
+  # Ratios are taken within each round (the optimizers ran back to back), then summarised.
+  def round_ratios(name: str, reference: str) -> list[float]:
+    return [t / r for t, r in zip(runs[name]["times"], runs[reference]["times"], strict=True)]
+
+  def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return float(q1), float(median), float(q3)
+
   sgd = runs["sgd"]
-  sgd_time = statistics.median(sgd["times"])
   rows = []
   for name, run in runs.items():
-    step_time = statistics.median(run["times"])
     rows.append({
-        "model": model_name, "optimizer": name, "ms_per_step": 1e3 * step_time,
-        "time_vs_sgd": step_time / sgd_time, "gflops_per_step": run["flops"] / 1e9,
-        "flops_vs_sgd": run["flops"] / sgd["flops"], "peak_mb": run["peak_bytes"] / 2**20,
+        "model": model_name, "optimizer": name,
+        "ms_per_step": 1e3 * statistics.median(run["times"]),
+        "time_vs_sgd": quartiles(round_ratios(name, "sgd")),
+        "time_vs_sam": quartiles(round_ratios(name, "sam")),
+        "gflops_per_step": run["flops"] / 1e9, "flops_vs_sgd": run["flops"] / sgd["flops"],
+        "peak_mb": run["peak_bytes"] / 2**20,
         "memory_vs_sgd": run["peak_bytes"] / sgd["peak_bytes"],
     })
-  sam_time = next(r["ms_per_step"] for r in rows if r["optimizer"] == "sam")
-  for row in rows:
-    row["time_vs_sam"] = row["ms_per_step"] / sam_time
   return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+  """A table; time ratios are the median over rounds with the interquartile range."""
+
+  def ratio(q: tuple[float, float, float]) -> str:
+    return f"{q[1]:.2f} ({q[0]:.2f}–{q[2]:.2f})"
+
   lines = ["| model | optimizer | ms/step | time / SGD | time / SAM | GFLOP/step | FLOPs / SGD "
            "| peak MiB | memory / SGD |", "|" + "---|" * 9]
   for r in rows:
     lines.append(
-        f"| {r['model']} | {r['optimizer']} | {r['ms_per_step']:.2f} | {r['time_vs_sgd']:.2f} | "
-        f"{r['time_vs_sam']:.2f} | {r['gflops_per_step']:.3f} | {r['flops_vs_sgd']:.3f} | "
+        f"| {r['model']} | {r['optimizer']} | {r['ms_per_step']:.2f} | {ratio(r['time_vs_sgd'])} "
+        f"| {ratio(r['time_vs_sam'])} | {r['gflops_per_step']:.3f} | {r['flops_vs_sgd']:.3f} | "
         f"{r['peak_mb']:.1f} | {r['memory_vs_sgd']:.2f} |")
   return "\n".join(lines)
 
@@ -167,6 +185,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument("--resnet-width", type=float, default=0.25,
                       help="channel multiplier of ResNet-18 (1.0 = the standard 64-512)")
   parser.add_argument("--group-size", type=int, default=16, help="m of the m-SAM row")
+  parser.add_argument("--optimizers", default=None,
+                      help="comma-separated subset of the rows (sgd and sam are always run)")
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
   parser.add_argument("--output", type=pathlib.Path, default=None, help="JSON file to write")
