@@ -46,6 +46,8 @@ def optimizers(group_size: int) -> dict[str, Callable[[], Any]]:
       "sam": lambda: optax.chain(samx.sam(RHO), *descent()),
       "asam": lambda: optax.chain(samx.sam(10 * RHO, adaptive=True), *descent()),
       "saner": lambda: optax.chain(samx.saner(RHO, warmup_steps=100), *descent()),
+      "saner (track_groups=False)": lambda: optax.chain(
+          samx.saner(RHO, warmup_steps=100, track_groups=False), *descent()),
       "gsam": lambda: optax.chain(samx.gsam(RHO, 0.1), *descent()),
       f"m-sam (m={group_size})": lambda: optax.chain(samx.sam(RHO, group_size=group_size),
                                                      *descent()),

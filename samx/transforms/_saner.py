@@ -30,7 +30,8 @@ class SANERState(NamedTuple):
     count: the number of updates taken so far (int32).
     beta: the weight given to group-B components at the last update (1.0 before the first).
     group_fractions: the fractions of gradient components in groups A, B and C at the last
-      update (zeros before the first); see :class:`samx.GroupFractions`.
+      update (zeros before the first, and always with ``track_groups=False``); see
+      :class:`samx.GroupFractions`.
   """
 
   count: jax.Array
@@ -55,6 +56,7 @@ def saner(
     warmup_steps: int | None = None,
     beta_schedule: Callable[[jax.Array], jax.Array] | None = None,
     gsam_alpha: ScalarOrSchedule = 0.0,
+    track_groups: bool = True,
     adaptive: bool = False,
     eta: float = 0.01,
     group_size: int | None = None,
@@ -96,6 +98,8 @@ def saner(
       giving the weight of group B.
     gsam_alpha: combine with GSAM: the mask is then taken on GSAM's gradient
       ``g_sam - gsam_alpha * g_perp`` (see :func:`samx.gsam`); 0 (the default) is plain SAM.
+    track_groups: record the group fractions in the state. They cost one more pass over
+      ``g`` and ``g_v``, which shows on small, memory-bound models; ``False`` skips it.
     adaptive: use ASAM's ascent step (``T = |w| + eta``).
     eta: ASAM's offset.
     group_size: examples per group for m-sharpness (``None``: the whole batch).
@@ -141,6 +145,8 @@ def saner(
     raise ValueError(f"{name}: give either `warmup_steps` (with `alpha`) or `beta_schedule`, "
                      "not both.")
   check_number("gsam_alpha", gsam_alpha, transform=name)
+  if not isinstance(track_groups, bool):
+    raise ValueError(f"{name}: `track_groups` must be True or False; got {track_groups!r}.")
   sharpness_aware = sharpness_aware_gradient(
       name, rho, adaptive=adaptive, eta=eta, group_size=group_size,
       groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
@@ -161,7 +167,9 @@ def saner(
     if callable(gsam_alpha) or gsam_alpha:
       variant = gsam_combination(clean, variant, value_at(gsam_alpha, state.count))
     beta = value_at(beta_schedule, state.count)
-    reweighted, fractions = saner_reweighting(clean, variant, beta)
+    reweighted, fractions = saner_reweighting(clean, variant, beta, track_groups=track_groups)
+    if fractions is None:
+      fractions = state.group_fractions
     return reweighted, SANERState(count=next_count(state.count), beta=beta,
                                   group_fractions=fractions)
 

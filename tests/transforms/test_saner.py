@@ -119,6 +119,16 @@ def test_components_with_zero_gradient_are_group_a_and_finite():
   assert float(state.group_fractions.a) >= 1 / 3
 
 
+def test_untracked_groups_give_the_same_update_and_no_fractions(wide_problem):
+  objective = wide_problem.objective()
+  tracked, tracked_state = apply_once(samx.saner(1.0, warmup_steps=0), objective, wide_problem.w)
+  untracked, state = apply_once(samx.saner(1.0, warmup_steps=0, track_groups=False), objective,
+                                wide_problem.w)
+  np.testing.assert_array_equal(untracked, tracked)
+  assert float(tracked_state.group_fractions.b) > 0
+  assert [float(f) for f in state.group_fractions] == [0.0, 0.0, 0.0]
+
+
 def test_initial_state_reports_no_groups_yet():
   tx = samx.saner(0.1, warmup_steps=5)
   state = tx.init(jnp.zeros(3))
@@ -137,6 +147,7 @@ def test_initial_state_reports_no_groups_yet():
         ({"beta_schedule": 0.5}, "`beta_schedule`"),
         ({"warmup_steps": 5, "gsam_alpha": -1.0}, "`gsam_alpha`"),
         ({"warmup_steps": 5, "rho": -1.0}, "`rho`"),
+        ({"warmup_steps": 5, "track_groups": "yes"}, "`track_groups`"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):
@@ -151,7 +162,7 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, match):
         st.tuples(st.sampled_from([0.0, 1.0, -1.0, 0.5, -2.0, 1e-30, 3.0]),
                   st.sampled_from([0.0, 1.0, -1.0, 0.25, -0.5, 2.0, 1e-30])),
         min_size=1, max_size=24),
-    beta=st.floats(0.0, 1.0),
+    beta=st.floats(0.0, 1.0, width=32),
 )
 def test_reweighting_rule_matches_the_ratio_definition(pairs, beta):
   # Any pair (g, g_variant), zeros and ties included, against r = g_variant / g by division.
