@@ -137,7 +137,8 @@ class Objective:
     variable (BatchNorm statistics, RNG counters, ...) is frozen at its current value: a
     forward pass through the objective uses it but never writes it back. So with BatchNorm in
     training mode the perturbed pass normalises with its own batch statistics, and the running
-    averages are left to the caller's clean pass, as SAM prescribes.
+    averages are left to the caller's clean pass, as SAM prescribes. RNG state (dropout) is
+    frozen as well: every pass through the objective draws from the same keys.
 
     Example:
       >>> import jax.numpy as jnp, optax, samx
