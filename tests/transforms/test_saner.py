@@ -156,13 +156,13 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, match):
     samx.saner(**kwargs)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     pairs=st.lists(
         st.tuples(st.sampled_from([0.0, 1.0, -1.0, 0.5, -2.0, 1e-30, 3.0]),
                   st.sampled_from([0.0, 1.0, -1.0, 0.25, -0.5, 2.0, 1e-30])),
         min_size=1, max_size=24),
-    beta=st.floats(0.0, 1.0, width=32),
+    beta=st.floats(0.0, 1.0, width=32, allow_subnormal=False),
 )
 def test_reweighting_rule_matches_the_ratio_definition(pairs, beta):
   # Any pair (g, g_variant), zeros and ties included, against r = g_variant / g by division.
@@ -171,5 +171,6 @@ def test_reweighting_rule_matches_the_ratio_definition(pairs, beta):
   expected, fractions = saner_reference(g.astype(np.float64), v.astype(np.float64), beta)
   updates, got = saner_reweighting({"w": jnp.asarray(g)}, {"w": jnp.asarray(v)},
                                    jnp.float32(beta))
-  np.testing.assert_allclose(updates["w"], expected, rtol=1e-6, atol=0)
+  # XLA flushes subnormal products to zero, hence the tiny atol.
+  np.testing.assert_allclose(updates["w"], expected, rtol=1e-6, atol=1e-37)
   np.testing.assert_allclose(got, fractions, atol=1e-6)
