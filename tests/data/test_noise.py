@@ -129,3 +129,42 @@ def test_from_file_errors(tmp_path):
     noise.from_file(clean, pickled, 3)
   with pytest.raises(FileNotFoundError):
     noise.from_file(clean, tmp_path / "missing.npy", 3)
+
+
+def test_instance_dependent_rate_mask_and_determinism():
+  rng = np.random.default_rng(0)
+  features = rng.uniform(size=(6000, 48))
+  clean = rng.integers(0, 10, size=6000)
+  noisy = noise.instance_dependent(clean, 0.35, 10, features=features, seed=4)
+  # Mean of truncated N(0.35, 0.1^2) is ~0.35; 6000 draws leave ~0.01 of sampling error.
+  assert noisy.noise_rate == pytest.approx(0.35, abs=0.03)
+  np.testing.assert_array_equal(noisy.noisy_mask, noisy.labels != clean)
+  again = noise.instance_dependent(clean, 0.35, 10, features=features, seed=4)
+  np.testing.assert_array_equal(again.labels, noisy.labels)
+  assert noise.instance_dependent(clean, 0.0, 10, features=features, seed=4).noise_rate == 0.0
+
+
+def test_instance_dependent_noise_follows_the_instance():
+  # 400 copies of one input with one label flip towards the same few classes; a second input
+  # of the same class prefers other ones. Class-conditional noise could not tell them apart.
+  rng = np.random.default_rng(1)
+  a, b = rng.uniform(size=(2, 1, 64)) * 4
+  features = np.concatenate([np.repeat(a, 400, 0), np.repeat(b, 400, 0)])
+  clean = np.zeros(800, np.int64)
+  noisy = noise.instance_dependent(clean, 0.5, 10, features=features, seed=0)
+  targets_a = np.bincount(noisy.labels[:400][noisy.noisy_mask[:400]], minlength=10)
+  targets_b = np.bincount(noisy.labels[400:][noisy.noisy_mask[400:]], minlength=10)
+  assert targets_a[0] == targets_b[0] == 0
+  assert targets_a.max() > 0.5 * targets_a.sum()  # far from uniform over 9 classes
+  assert np.argmax(targets_a) != np.argmax(targets_b) or (
+      abs(targets_a / targets_a.sum() - targets_b / targets_b.sum()).sum() > 0.5)
+
+
+def test_instance_dependent_checks_its_arguments():
+  with pytest.raises(ValueError, match="one row per label"):
+    noise.instance_dependent(np.zeros(3, int), 0.2, 10, features=np.zeros((4, 2)), seed=0)
+  with pytest.raises(ValueError, match="rate must be"):
+    noise.instance_dependent(np.zeros(3, int), 1.2, 10, features=np.zeros((3, 2)), seed=0)
+  with pytest.raises(ValueError, match="rate_std"):
+    noise.instance_dependent(np.zeros(3, int), 0.2, 10, features=np.zeros((3, 2)), seed=0,
+                             rate_std=0.0)
