@@ -1,0 +1,85 @@
+"""Synthetic data of the seed papers: signal/noise patches (Chen et al. 2023)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class PatchData(NamedTuple):
+  """Two-patch data ``x = [y mu, xi]`` (patches in random order).
+
+  Attributes:
+    inputs: float32 ``(n, 2, d)``: per example a signal patch and a noise patch.
+    labels: int32 ``(n,)`` in {0, 1}, the *given* labels (after flips); ``y = 2 label - 1``.
+    clean_labels: int32 ``(n,)``, the labels before flips (the sign of the signal patch).
+    noisy_mask: bool ``(n,)``, True where the given label was flipped.
+    signal_patch: int32 ``(n,)``, which patch (0 or 1) carries the signal.
+    mu: float32 ``(d,)``, the signal vector.
+  """
+
+  inputs: np.ndarray
+  labels: np.ndarray
+  clean_labels: np.ndarray
+  noisy_mask: np.ndarray
+  signal_patch: np.ndarray
+  mu: np.ndarray
+
+
+def signal_noise_patches(
+    n: int, d: int, *, signal_norm: float, noise_std: float, flip_probability: float = 0.0,
+    seed: int, mu: np.ndarray | None = None,
+) -> PatchData:
+  r"""The data model of Chen et al. 2023 ("Why Does SAM Generalize Better Than SGD?").
+
+  Each example has a label :math:`y \in \{-1, +1\}` (uniform), a signal patch :math:`y\mu` and a
+  noise patch :math:`\xi \sim N(0, \sigma_p^2 (I - \mu\mu^\top / \lVert\mu\rVert^2))`, orthogonal
+  to :math:`\mu`, in random order; then the given label is flipped with probability ``p``.
+  ``mu`` is drawn once per seed as a random direction of norm ``signal_norm`` (or passed in, to
+  draw a test set with the training set's signal).
+
+  Args:
+    n: number of examples.
+    d: dimension of each patch.
+    signal_norm: :math:`\lVert\mu\rVert`.
+    noise_std: :math:`\sigma_p`.
+    flip_probability: :math:`p`, in [0, 1).
+    seed: random seed.
+    mu: a given signal vector of shape ``(d,)`` instead of a random one.
+
+  Example:
+    >>> from samx.data.synthetic import signal_noise_patches
+    >>> data = signal_noise_patches(8, 16, signal_norm=2.0, noise_std=1.0, seed=0)
+    >>> data.inputs.shape, float(abs((data.inputs[:, 0] * data.inputs[:, 1]).sum(1)).max()) < 1e-4
+    ((8, 2, 16), True)
+  """
+  for name, value, low in (("n", n, 1), ("d", d, 2)):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+      raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+  if not signal_norm > 0 or not noise_std >= 0:
+    raise ValueError(f"signal_norm must be > 0 and noise_std >= 0; got {signal_norm!r}, "
+                     f"{noise_std!r}.")
+  if not 0.0 <= flip_probability < 1.0:
+    raise ValueError(f"flip_probability must be in [0, 1); got {flip_probability!r}.")
+  rng = np.random.default_rng(seed)
+  if mu is None:
+    direction = rng.standard_normal(d)
+    mu = signal_norm * direction / np.linalg.norm(direction)
+  mu = np.asarray(mu, np.float64)
+  if mu.shape != (d,):
+    raise ValueError(f"mu must have shape ({d},); got {mu.shape}.")
+  unit = mu / np.linalg.norm(mu)
+  signs = rng.choice([-1.0, 1.0], size=n)
+  noise = rng.standard_normal((n, d)) * noise_std
+  noise -= np.outer(noise @ unit, unit)  # project out the signal direction
+  signal_patch = rng.integers(0, 2, size=n)
+  inputs = np.empty((n, 2, d), np.float64)
+  rows = np.arange(n)
+  inputs[rows, signal_patch] = signs[:, None] * mu
+  inputs[rows, 1 - signal_patch] = noise
+  clean = ((signs + 1) // 2).astype(np.int32)
+  flipped = rng.uniform(size=n) < flip_probability
+  given = np.where(flipped, 1 - clean, clean).astype(np.int32)
+  return PatchData(inputs.astype(np.float32), given, clean, flipped,
+                   signal_patch.astype(np.int32), mu.astype(np.float32))
