@@ -33,3 +33,11 @@ def test_quickstart_example_runs(tmp_path):
   assert result.returncode == 0, result.stderr
   for name in ("sgd", "sam", "asam", "m-sam", "gsam", "saner"):
     assert f"\n{name}" in result.stdout, result.stdout
+
+
+def test_input_pipeline_benchmark_reports_throughputs():
+  import input_pipeline
+
+  result = input_pipeline.main(["--batch-size", "8", "--resnet-width", "0.0625", "--examples",
+                                "64", "--epochs", "1", "--steps", "1"])
+  assert result["pipeline_images_per_s"] > 0 and result["sam_step_images_per_s"] > 0
