@@ -9,7 +9,7 @@ from collections.abc import Callable
 from samx.data._cifar import read_cifar10, read_cifar100
 from samx.data._dataset import Dataset
 from samx.data._idx import read_idx
-from samx.data._image_folder import read_image_folder
+from samx.data._image_folder import default_cache_dir, read_image_folder
 
 SPLITS = ("train", "test")
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
@@ -103,8 +103,11 @@ def load(
   Args:
     name: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` (the official binary version, or an
       image folder such as the JPEG re-encoding ``cifar10-jpeg.tar.gz``), ``"cifar100"`` (the
-      official binary version), or ``"folder:PATH"`` for any ``split/<class>/*.{png,jpg}`` tree
-      given as a folder or a ``.tar(.gz)``.
+      official binary version), ``"folder:PATH"`` for any ``split/<class>/*.{png,jpg}`` tree
+      given as a folder or a ``.tar(.gz)``, or ``"tfds:NAME"`` for a tensorflow-datasets
+      dataset (the optional extra ``samx[tfds]``). TFDS prepares it into ``$TFDS_DATA_DIR``,
+      else ``cache_dir/tfds``; if ``data_dir/NAME`` holds the original files, it prepares them
+      from there and downloads nothing.
     split: ``"train"`` or ``"test"``.
     data_dir: where the files are; default ``$SAMX_DATA_DIR``, else ``./data``.
     cache_dir: where decoded image folders are cached as ``.npz``; default ``$SAMX_CACHE_DIR``,
@@ -120,6 +123,14 @@ def load(
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
   cache = None if cache_dir is None else pathlib.Path(cache_dir)
+  if name.startswith("tfds:"):
+    from samx.data._tfds import load_tfds  # the optional extra
+
+    tfds_name = name.removeprefix("tfds:")
+    originals = resolve_data_dir(data_dir) / tfds_name.split("/")[0].replace("_", "-")
+    prepared = os.environ.get("TFDS_DATA_DIR") or (cache or default_cache_dir()) / "tfds"
+    return load_tfds(tfds_name, split, prepared_dir=prepared,
+                     manual_dir=originals if originals.is_dir() else None)
   if name.startswith("folder:"):
     source = pathlib.Path(name.removeprefix("folder:"))
     if not source.exists():
@@ -128,6 +139,6 @@ def load(
     return Dataset(images, labels, class_names, source.name, split, {"source": str(source)})
   key = ALIASES.get(name, name)
   if key not in LOADERS:
-    known = [*sorted(LOADERS), "folder:PATH"]
+    known = [*sorted(LOADERS), "folder:PATH", "tfds:NAME"]
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}.")
   return LOADERS[key](resolve_data_dir(data_dir), split, cache)
