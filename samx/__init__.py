@@ -7,7 +7,9 @@ from samx.transforms import (
     SAMState,
     SANERState,
     gsam,
+    jacobian_sam,
     linear_beta_schedule,
+    logit_sam,
     sam,
     saner,
 )
@@ -21,7 +23,9 @@ __all__ = [
     "SAMState",
     "SANERState",
     "gsam",
+    "jacobian_sam",
     "linear_beta_schedule",
+    "logit_sam",
     "sam",
     "saner",
 ]

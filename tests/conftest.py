@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,7 +81,7 @@ def asam_reference(grad_fn, w, rho, eta):
 
 def apply_once(tx, objective, params, grads=None):
   """One update of ``tx`` from a fresh state; returns (updates, new_state)."""
-  params = jnp.asarray(params, jnp.float32)
+  params = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float32), params)
   grads = objective.grad(params) if grads is None else grads
   return tx.update(grads, tx.init(params), params, objective=objective)
 

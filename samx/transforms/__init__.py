@@ -8,6 +8,7 @@ SANER).
 
 from samx.transforms._combination import GroupFractions
 from samx.transforms._gsam import GSAMState, gsam
+from samx.transforms._logit_jacobian_sam import jacobian_sam, logit_sam
 from samx.transforms._objective import Objective
 from samx.transforms._sam import SAMState, sam
 from samx.transforms._saner import SANERState, linear_beta_schedule, saner
@@ -19,7 +20,9 @@ __all__ = [
     "SAMState",
     "SANERState",
     "gsam",
+    "jacobian_sam",
     "linear_beta_schedule",
+    "logit_sam",
     "sam",
     "saner",
 ]

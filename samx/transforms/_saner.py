@@ -170,7 +170,7 @@ def saner(
     reweighted, fractions = saner_reweighting(clean, variant, beta, track_groups=track_groups)
     if fractions is None:
       fractions = state.group_fractions
-    return reweighted, SANERState(count=next_count(state.count), beta=beta,
-                                  group_fractions=fractions)
+    return reweighted, SANERState(count=next_count(state.count),
+                                  beta=jnp.asarray(beta, jnp.float32), group_fractions=fractions)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

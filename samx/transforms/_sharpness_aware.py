@@ -54,8 +54,9 @@ def check_count(name: str, value: Any, *, minimum: int, allow_none: bool,
 
 
 def value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
-  """A number, or a schedule evaluated at ``count``, as a float32 scalar."""
-  return jnp.asarray(value(count) if callable(value) else value, jnp.float32)
+  """A number (kept weakly typed, so it takes the parameters' precision), or a schedule
+  evaluated at ``count``."""
+  return jnp.asarray(value(count)) if callable(value) else value
 
 
 def next_count(count: jax.Array) -> jax.Array:

@@ -10,19 +10,26 @@ import jax.numpy as jnp
 PyTree = Any
 
 
+def _accumulation_dtype(leaves: list[jax.Array]) -> jnp.dtype:
+  """float32, or wider if a leaf is wider (float64 under ``jax_enable_x64``)."""
+  return jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
+
+
 def global_norm(tree: PyTree) -> jax.Array:
-  """The Euclidean norm of all leaves of ``tree`` taken as one vector, in float32."""
-  squares = [jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree)]
-  return jnp.sqrt(sum(squares, jnp.zeros((), jnp.float32)))
+  """The Euclidean norm of all leaves of ``tree`` as one vector, in at least float32."""
+  leaves = jax.tree.leaves(tree)
+  dtype = _accumulation_dtype(leaves)
+  squares = [jnp.sum(jnp.square(leaf.astype(dtype))) for leaf in leaves]
+  return jnp.sqrt(sum(squares, jnp.zeros((), dtype)))
 
 
 def vdot(a: PyTree, b: PyTree) -> jax.Array:
-  """The inner product of two pytrees of the same structure, in float32."""
-  products = [
-      jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
-      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  ]
-  return sum(products, jnp.zeros((), jnp.float32))
+  """The inner product of two pytrees of the same structure, in at least float32."""
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  dtype = _accumulation_dtype(leaves_a + leaves_b)
+  products = [jnp.vdot(x.astype(dtype), y.astype(dtype))
+              for x, y in zip(leaves_a, leaves_b, strict=True)]
+  return sum(products, jnp.zeros((), dtype))
 
 
 def add(a: PyTree, b: PyTree) -> PyTree:

@@ -1,0 +1,141 @@
+"""L-SAM and J-SAM: SAM with only the logit term or only the Jacobian perturbed."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+from samx.transforms._decomposition import jacobian_perturbed_loss, logit_perturbed_loss
+from samx.transforms._objective import Objective
+from samx.transforms._perturbed_gradient import PerturbedLoss
+from samx.transforms._sam import SAMState
+from samx.transforms._sharpness_aware import ScalarOrSchedule, next_count, sharpness_aware_gradient
+
+PyTree = Any
+
+
+def _decomposed_sam(
+    transform: str, perturbed_loss: PerturbedLoss, rho: ScalarOrSchedule, **options: Any
+) -> optax.GradientTransformationExtraArgs:
+  sharpness_aware = sharpness_aware_gradient(transform, rho, perturbed_loss=perturbed_loss,
+                                             **options)
+
+  def init_fn(params: PyTree) -> SAMState:
+    del params
+    return SAMState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(
+      updates: PyTree, state: SAMState, params: PyTree | None = None, *,
+      objective: Objective | None = None, **extra_args: Any,
+  ) -> tuple[PyTree, SAMState]:
+    del extra_args
+    _, perturbed = sharpness_aware(updates, params, objective, state.count)
+    return perturbed, SAMState(count=next_count(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def logit_sam(
+    rho: ScalarOrSchedule,
+    *,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    group_size: int | None = None,
+    groups_in_parallel: int | None = None,
+    groups_unroll: int | bool = True,
+    axis_name: Hashable | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""L-SAM: SAM's perturbation applied to the logit term only (Baek et al. 2024).
+
+  Write the gradient of the mean loss as :math:`J(w)^\top r(f(w))`, with :math:`f` the model's
+  outputs, :math:`J = \partial f / \partial w` and the logit term :math:`r = \partial \ell /
+  \partial f` (for cross-entropy, :math:`\mathrm{softmax}(f) - \mathrm{onehot}(y)`, divided by
+  the batch). With :math:`\epsilon` as in :func:`samx.sam`, L-SAM's update is
+
+  .. math::
+    J(w)^\top\, r\big(f(w + \epsilon)\big),
+
+  the logit term at the perturbed point and the Jacobian at the current one. It is exact for any
+  ``loss_fn`` (:math:`r` is computed by differentiating ``loss_fn`` with respect to the outputs)
+  and any model. Baek et al. find that it does *not* recover SAM's robustness to label noise,
+  unlike :func:`samx.jacobian_sam`.
+
+  Cost: one forward pass at :math:`w + \epsilon` (no backward pass through it) and, since the
+  Jacobian is needed at :math:`w` with a new logit term, a second linearisation at :math:`w`
+  (a forward and a backward pass) — one forward pass more than SAM. Same options as
+  :func:`samx.sam`; the paper studies ``group_size=1`` (1-SAM).
+
+  References:
+    Baek, Kolter, Raghunathan, `Why is SAM Robust to Label Noise?
+    <https://arxiv.org/abs/2405.03676>`_, ICLR 2024.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, samx
+    >>> objective = samx.Objective(
+    ...     apply_fn=lambda w, x: jnp.tanh(x @ w),
+    ...     loss_fn=lambda out, y: 0.5 * (out - y) ** 2,
+    ...     inputs=jnp.array([[1.0, 2.0], [3.0, -1.0]]), targets=jnp.array([1.0, 0.0]))
+    >>> tx = samx.logit_sam(rho=0.1, group_size=1)
+    >>> params = jnp.array([0.5, 0.5])
+    >>> updates, _ = tx.update(objective.grad(params), tx.init(params), params,
+    ...                        objective=objective)
+    >>> updates.shape
+    (2,)
+  """
+  return _decomposed_sam(
+      "samx.logit_sam", logit_perturbed_loss, rho, adaptive=adaptive, eta=eta,
+      group_size=group_size, groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
+      axis_name=axis_name)
+
+
+def jacobian_sam(
+    rho: ScalarOrSchedule,
+    *,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    group_size: int | None = None,
+    groups_in_parallel: int | None = None,
+    groups_unroll: int | bool = True,
+    axis_name: Hashable | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""J-SAM: SAM's perturbation applied to the network Jacobian only (Baek et al. 2024).
+
+  With the notation of :func:`samx.logit_sam`, J-SAM's update is
+
+  .. math::
+    J(w + \epsilon)^\top\, r\big(f(w)\big),
+
+  the Jacobian at the perturbed point and the logit term at the current one. Baek et al. show
+  that this part carries SAM's robustness to label noise: for a two-layer linear network it is
+  SGD plus pulls toward small last-layer weights and small hidden activations (their
+  Proposition 4.1), which :mod:`samx.penalties` offers as an explicit regulariser.
+
+  Cost: a forward and a backward pass at :math:`w + \epsilon` — as SAM — plus the outputs at
+  :math:`w` for the logit term. That forward pass is the same computation as the caller's own,
+  and under ``jax.jit`` XLA computes it once. Same options as :func:`samx.sam`; the paper
+  studies ``group_size=1`` (1-SAM).
+
+  References:
+    Baek, Kolter, Raghunathan, `Why is SAM Robust to Label Noise?
+    <https://arxiv.org/abs/2405.03676>`_, ICLR 2024.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, samx
+    >>> objective = samx.Objective(
+    ...     apply_fn=lambda w, x: x @ w,           # linear in w: J does not depend on w
+    ...     loss_fn=lambda out, y: 0.5 * (out - y) ** 2,
+    ...     inputs=jnp.array([[1.0, 2.0], [3.0, -1.0]]), targets=jnp.array([1.0, 0.0]))
+    >>> tx = samx.jacobian_sam(rho=0.1)
+    >>> params = jnp.array([0.5, 0.5])
+    >>> grads = objective.grad(params)
+    >>> updates, _ = tx.update(grads, tx.init(params), params, objective=objective)
+    >>> bool(jnp.allclose(updates, grads))     # so J-SAM is plain SGD here
+    True
+  """
+  return _decomposed_sam(
+      "samx.jacobian_sam", jacobian_perturbed_loss, rho, adaptive=adaptive, eta=eta,
+      group_size=group_size, groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
+      axis_name=axis_name)
