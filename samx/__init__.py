@@ -1,5 +1,6 @@
 """samx: Sharpness-Aware Minimization as composable optax transforms, and tools to study it."""
 
+from samx import analysis
 from samx.transforms import (
     GroupFractions,
     GSAMState,
@@ -22,6 +23,7 @@ __all__ = [
     "Objective",
     "SAMState",
     "SANERState",
+    "analysis",
     "gsam",
     "jacobian_sam",
     "linear_beta_schedule",
