@@ -1,6 +1,6 @@
 """samx: Sharpness-Aware Minimization as composable optax transforms, and tools to study it."""
 
-from samx import analysis
+from samx import analysis, penalties
 from samx.transforms import (
     GroupFractions,
     GSAMState,
@@ -28,6 +28,7 @@ __all__ = [
     "jacobian_sam",
     "linear_beta_schedule",
     "logit_sam",
+    "penalties",
     "sam",
     "saner",
 ]
