@@ -52,7 +52,7 @@ def step_images_per_second(name: str, args: argparse.Namespace) -> float:
   model, _ = step_cost.make_model("resnet18", step_args)
   model.train()
   _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  tx = step_cost.optimizers(16)[name]()
+  tx = step_cost.optimizers(16, "resnet18")[name]()
   rng = np.random.default_rng(0)
   x = jax.numpy.asarray(rng.normal(size=(args.batch_size, 32, 32, 3)), jax.numpy.float32)
   y = jax.numpy.asarray(rng.integers(0, 10, args.batch_size), jax.numpy.int32)

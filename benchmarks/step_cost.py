@@ -36,7 +36,7 @@ from samx.models import MLP, resnet18
 LEARNING_RATE, RHO = 0.1, 0.05
 
 
-def optimizers(group_size: int) -> dict[str, Callable[[], Any]]:
+def optimizers(group_size: int, model_name: str = "mlp") -> dict[str, Callable[[], Any]]:
   """Every optimizer measured: a samx transform (or none) before momentum SGD with weight decay."""
   def descent():
     return optax.add_decayed_weights(5e-4), optax.sgd(LEARNING_RATE, momentum=0.9)
@@ -53,10 +53,18 @@ def optimizers(group_size: int) -> dict[str, Callable[[], Any]]:
                                                      *descent()),
       f"m-sam (m={group_size}, one group at a time)": lambda: optax.chain(
           samx.sam(RHO, group_size=group_size, groups_in_parallel=1), *descent()),
+      "l-sam": lambda: optax.chain(samx.logit_sam(RHO), *descent()),
+      "j-sam": lambda: optax.chain(samx.jacobian_sam(RHO), *descent()),
+      # SGD on the loss plus feature- and last-layer-norm penalties (one forward/backward).
+      "penalty": lambda: optax.chain(*descent()),
       "optax.contrib.sam": lambda: optax.contrib.sam(
           optax.chain(*descent()), optax.chain(optax.contrib.normalize(), optax.sgd(RHO)),
           opaque_mode=True),
-  }
+  } | ({
+      # Per-example SAM: one vmapped gradient per example; on the small model only.
+      "1-sam": lambda: optax.chain(samx.sam(RHO, group_size=1), *descent()),
+      "1-sam j-sam": lambda: optax.chain(samx.jacobian_sam(RHO, group_size=1), *descent()),
+  } if model_name == "mlp" else {})
 
 
 def make_model(name: str, args: argparse.Namespace) -> tuple[nnx.Module, tuple[int, ...]]:
@@ -78,6 +86,13 @@ def make_step(model: nnx.Module, name: str, tx: optax.GradientTransformation):
     return network(x), nnx.state(network, nnx.BatchStat)
 
   def clean_loss(params, stats, x, y):
+    if name == "penalty":
+      network = nnx.merge(graphdef, params, stats, copy=True)
+      features = network.features(x)
+      penalty = samx.penalties.feature_and_weight_penalty(
+          features, network.head.kernel[...], feature_coef=1e-3, weight_coef=1e-3)
+      loss = jnp.mean(xent(network.head(features), y)) + penalty
+      return loss, nnx.state(network, nnx.BatchStat)
     logits, new_stats = forward(params, stats, x)
     return jnp.mean(xent(logits, y)), new_stats
 
@@ -106,7 +121,7 @@ def measure(model_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
   y = jnp.asarray(rng.integers(0, 10, size=args.batch_size), jnp.int32)
 
   runs = {}
-  chosen = optimizers(args.group_size)
+  chosen = optimizers(args.group_size, model_name)
   if args.optimizers:
     wanted = {"sgd", "sam", *(name.strip() for name in args.optimizers.split(","))}
     unknown = wanted - set(chosen)
