@@ -2,8 +2,8 @@
 
 Each transform is three small parts: how the ascent step is chosen (``_perturbation``: SAM,
 ASAM), how the gradient at the perturbed point is formed (``_perturbed_gradient``: whole batch
-or per group), and how it is combined with the clean gradient (``_combination``: as is, GSAM,
-SANER).
+or per group; ``_decomposition``: whole, logit term only, Jacobian only), and how it is
+combined with the clean gradient (``_combination``: as is, GSAM, SANER).
 """
 
 from samx.transforms._combination import GroupFractions
