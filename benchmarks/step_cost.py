@@ -63,7 +63,7 @@ def optimizers(group_size: int, model_name: str = "mlp") -> dict[str, Callable[[
   } | ({
       # Per-example SAM: one vmapped gradient per example; on the small model only.
       "1-sam": lambda: optax.chain(samx.sam(RHO, group_size=1), *descent()),
-      "1-sam j-sam": lambda: optax.chain(samx.jacobian_sam(RHO, group_size=1), *descent()),
+      "j-sam 1-sam": lambda: optax.chain(samx.jacobian_sam(RHO, group_size=1), *descent()),
   } if model_name == "mlp" else {})
 
 
@@ -96,7 +96,19 @@ def make_step(model: nnx.Module, name: str, tx: optax.GradientTransformation):
     logits, new_stats = forward(params, stats, x)
     return jnp.mean(xent(logits, y)), new_stats
 
+  def clean_loss_and_outputs(params, stats, x, y):
+    logits, new_stats = forward(params, stats, x)
+    return jnp.mean(xent(logits, y)), (new_stats, logits)
+
   def step(params, stats, opt_state, x, y):
+    if name.startswith("j-sam"):
+      # J-SAM reuses the clean pass's outputs for its logit term.
+      (loss, (new_stats, logits)), grads = jax.value_and_grad(
+          clean_loss_and_outputs, has_aux=True)(params, stats, x, y)
+      objective = samx.Objective(lambda p, inputs: forward(p, stats, inputs)[0], xent, x, y,
+                                 outputs=logits)
+      updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
+      return optax.apply_updates(params, updates), new_stats, opt_state, loss
     (loss, new_stats), grads = jax.value_and_grad(clean_loss, has_aux=True)(params, stats, x, y)
     if name == "optax.contrib.sam":
       def grad_fn(p, _):

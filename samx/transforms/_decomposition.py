@@ -34,7 +34,13 @@ def logit_perturbed_loss(objective: Objective, params: PyTree, eps: PyTree) -> j
 
 
 def jacobian_perturbed_loss(objective: Objective, params: PyTree, eps: PyTree) -> jax.Array:
-  """J-SAM's surrogate ``<r(f(w)), f(w + eps)>``: its gradient is ``J(w + eps)^T r(f(w))``."""
-  clean_outputs = jax.lax.stop_gradient(objective.apply_fn(params, objective.inputs))
+  """J-SAM's surrogate ``<r(f(w)), f(w + eps)>``: its gradient is ``J(w + eps)^T r(f(w))``.
+
+  ``f(w)`` is ``objective.outputs`` when the caller provides it, else one more forward pass.
+  """
+  clean_outputs = objective.outputs
+  if clean_outputs is None:
+    clean_outputs = objective.apply_fn(params, objective.inputs)
+  clean_outputs = jax.lax.stop_gradient(clean_outputs)
   residual = _logit_term(objective, clean_outputs)
   return _tree.vdot(residual, objective.apply_fn(_tree.add(params, eps), objective.inputs))

@@ -64,9 +64,11 @@ def logit_sam(
   unlike :func:`samx.jacobian_sam`.
 
   Cost: one forward pass at :math:`w + \epsilon` (no backward pass through it) and, since the
-  Jacobian is needed at :math:`w` with a new logit term, a second linearisation at :math:`w`
-  (a forward and a backward pass) — one forward pass more than SAM. Same options as
-  :func:`samx.sam`; the paper studies ``group_size=1`` (1-SAM).
+  Jacobian is needed at :math:`w` with a new logit term, a second linearisation at :math:`w`: a
+  backward pass, and a forward pass that is the same computation as the caller's own, which
+  XLA computes once under ``jax.jit`` — so the FLOPs are SAM's (measured in
+  ``benchmarks/step_cost.py``). Same options as :func:`samx.sam`; the paper studies
+  ``group_size=1`` (1-SAM).
 
   References:
     Baek, Kolter, Raghunathan, `Why is SAM Robust to Label Noise?
@@ -114,9 +116,11 @@ def jacobian_sam(
   Proposition 4.1), which :mod:`samx.penalties` offers as an explicit regulariser.
 
   Cost: a forward and a backward pass at :math:`w + \epsilon` — as SAM — plus the outputs at
-  :math:`w` for the logit term. That forward pass is the same computation as the caller's own,
-  and under ``jax.jit`` XLA computes it once. Same options as :func:`samx.sam`; the paper
-  studies ``group_size=1`` (1-SAM).
+  :math:`w` for the logit term. Pass them as ``samx.Objective(..., outputs=...)`` (the caller's
+  own forward pass has them, e.g. as the aux of its ``value_and_grad``) and J-SAM costs what
+  SAM costs; otherwise it runs one more forward pass, which XLA merges with the caller's
+  identical one only sometimes (on the MLP of ``benchmarks/step_cost.py``, not on the ResNet).
+  Same options as :func:`samx.sam`; the paper studies ``group_size=1`` (1-SAM).
 
   References:
     Baek, Kolter, Raghunathan, `Why is SAM Robust to Label Noise?

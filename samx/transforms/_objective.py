@@ -33,6 +33,10 @@ class Objective:
     loss_fn: ``(outputs, targets) -> losses`` of shape ``(batch,)``, one loss per example.
     inputs: a pytree of arrays with the batch along axis 0.
     targets: a pytree of arrays with the batch along axis 0.
+    outputs: optionally, ``apply_fn(params, inputs)`` at the parameters the update is taken at,
+      if the caller has them (e.g. as the aux output of its own ``value_and_grad``). Transforms
+      that need the clean outputs (:func:`samx.jacobian_sam`) then use them instead of running
+      the model again.
 
   Example:
     >>> import jax.numpy as jnp, samx
@@ -50,6 +54,7 @@ class Objective:
   loss_fn: LossFn = dataclasses.field(metadata={"static": True})
   inputs: PyTree
   targets: PyTree
+  outputs: PyTree = None
 
   @property
   def batch_size(self) -> int:
@@ -124,7 +129,8 @@ class Objective:
 
     return dataclasses.replace(
         self, inputs=jax.tree.map(regroup, self.inputs),
-        targets=jax.tree.map(regroup, self.targets))
+        targets=jax.tree.map(regroup, self.targets),
+        outputs=None if self.outputs is None else jax.tree.map(regroup, self.outputs))
 
   @classmethod
   def from_nnx(

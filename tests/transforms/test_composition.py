@@ -17,6 +17,8 @@ ALL_TRANSFORMS = {
     "msam": lambda: samx.sam(0.1, group_size=4),
     "saner": lambda: samx.saner(0.1, warmup_steps=3),
     "gsam": lambda: samx.gsam(0.1, 0.3),
+    "lsam": lambda: samx.logit_sam(0.1),
+    "jsam": lambda: samx.jacobian_sam(0.1, group_size=4),
 }
 
 

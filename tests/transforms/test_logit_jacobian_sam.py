@@ -128,3 +128,21 @@ def test_two_layer_linear_network_follows_proposition_4_1():
                                 _proposition_4_1(objective, params, 0.0))
     for name in ("v", "W"):
       np.testing.assert_allclose(slope[name], closed_slope[name], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("group_size", [None, 3])
+def test_jsam_with_the_callers_outputs_equals_recomputing_them(group_size):
+  objective, params = _mlp_problem()
+  outputs = objective.apply_fn(params, objective.inputs)
+  with_outputs = samx.Objective(objective.apply_fn, objective.loss_fn, objective.inputs,
+                                objective.targets, outputs=outputs)
+  tx = samx.jacobian_sam(0.3, group_size=group_size)
+  a, _ = apply_once(tx, objective, params)
+  b, _ = apply_once(tx, with_outputs, params)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), a, b)
+  # The outputs are really used: wrong ones (softmax is shift-invariant, so scale) change it.
+  wrong = samx.Objective(objective.apply_fn, objective.loss_fn, objective.inputs,
+                         objective.targets, outputs=2.0 * outputs)
+  c, _ = apply_once(tx, wrong, params)
+  assert not np.allclose(jax.flatten_util.ravel_pytree(c)[0],
+                         jax.flatten_util.ravel_pytree(a)[0])
