@@ -157,8 +157,11 @@ def measure(model_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     runs[name] = {"compiled": compiled, "state": state, "times": [],
                   "flops": float(cost.get("flops", float("nan"))), "peak_bytes": int(peak)}
 
-  for _ in range(args.rounds):
-    for run in runs.values():
+  names = list(runs)
+  for round_index in range(args.rounds):
+    # Rotate the order, so that no optimizer always runs first after another one's caches.
+    for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+      run = runs[name]
       state = run["state"]
       start = time.perf_counter()
       for _ in range(args.steps):
