@@ -3,39 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
 
-import jax.numpy as jnp
 import optax
 
 from samx.transforms._decomposition import jacobian_perturbed_loss, logit_perturbed_loss
-from samx.transforms._objective import Objective
-from samx.transforms._perturbed_gradient import PerturbedLoss
-from samx.transforms._sam import SAMState
-from samx.transforms._sharpness_aware import ScalarOrSchedule, next_count, sharpness_aware_gradient
-
-PyTree = Any
-
-
-def _decomposed_sam(
-    transform: str, perturbed_loss: PerturbedLoss, rho: ScalarOrSchedule, **options: Any
-) -> optax.GradientTransformationExtraArgs:
-  sharpness_aware = sharpness_aware_gradient(transform, rho, perturbed_loss=perturbed_loss,
-                                             **options)
-
-  def init_fn(params: PyTree) -> SAMState:
-    del params
-    return SAMState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(
-      updates: PyTree, state: SAMState, params: PyTree | None = None, *,
-      objective: Objective | None = None, **extra_args: Any,
-  ) -> tuple[PyTree, SAMState]:
-    del extra_args
-    _, perturbed = sharpness_aware(updates, params, objective, state.count)
-    return perturbed, SAMState(count=next_count(state.count))
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+from samx.transforms._sam import perturbed_gradient_transform
+from samx.transforms._sharpness_aware import ScalarOrSchedule
 
 
 def logit_sam(
@@ -87,8 +60,8 @@ def logit_sam(
     >>> updates.shape
     (2,)
   """
-  return _decomposed_sam(
-      "samx.logit_sam", logit_perturbed_loss, rho, adaptive=adaptive, eta=eta,
+  return perturbed_gradient_transform(
+      "samx.logit_sam", rho, perturbed_loss=logit_perturbed_loss, adaptive=adaptive, eta=eta,
       group_size=group_size, groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
       axis_name=axis_name)
 
@@ -139,7 +112,8 @@ def jacobian_sam(
     >>> bool(jnp.allclose(updates, grads))     # so J-SAM is plain SGD here
     True
   """
-  return _decomposed_sam(
-      "samx.jacobian_sam", jacobian_perturbed_loss, rho, adaptive=adaptive, eta=eta,
+  return perturbed_gradient_transform(
+      "samx.jacobian_sam", rho, perturbed_loss=jacobian_perturbed_loss, adaptive=adaptive,
+      eta=eta,
       group_size=group_size, groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
       axis_name=axis_name)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from samx.transforms._objective import Objective
+from samx.transforms._perturbed_gradient import PerturbedLoss, loss_at_perturbation
 from samx.transforms._sharpness_aware import ScalarOrSchedule, next_count, sharpness_aware_gradient
 
 PyTree = Any
@@ -105,10 +106,22 @@ def sam(
     >>> print(f"{objective.loss(params):.3f}")
     0.060
   """
-  sharpness_aware = sharpness_aware_gradient(
+  return perturbed_gradient_transform(
       "samx.sam", rho, adaptive=adaptive, eta=eta, group_size=group_size,
-      groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
-      axis_name=axis_name)
+      groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll, axis_name=axis_name)
+
+
+def perturbed_gradient_transform(
+    transform: str, rho: ScalarOrSchedule, *,
+    perturbed_loss: PerturbedLoss = loss_at_perturbation, **options: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """A transform that returns the perturbed gradient as it is (SAM, L-SAM, J-SAM).
+
+  ``perturbed_loss`` says how the gradient at ``w + eps`` is formed; ``options`` are those of
+  :func:`sam`.
+  """
+  sharpness_aware = sharpness_aware_gradient(transform, rho, perturbed_loss=perturbed_loss,
+                                             **options)
 
   def init_fn(params: PyTree) -> SAMState:
     del params
