@@ -2,6 +2,17 @@
 """
 
 from samx.models.mlp import MLP
+from samx.models.preact import PreActBlock, PreActResNet, preact_resnet18, wide_resnet
 from samx.models.resnet import BasicBlock, ResNet, resnet18, resnet34
 
-__all__ = ["MLP", "BasicBlock", "ResNet", "resnet18", "resnet34"]
+__all__ = [
+    "MLP",
+    "BasicBlock",
+    "PreActBlock",
+    "PreActResNet",
+    "ResNet",
+    "preact_resnet18",
+    "resnet18",
+    "resnet34",
+    "wide_resnet",
+]

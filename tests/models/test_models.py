@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from samx.models import MLP, resnet18, resnet34
+from samx.models import MLP, preact_resnet18, resnet18, resnet34, wide_resnet
 
 
 def parameter_count(model):
@@ -48,3 +48,23 @@ def test_mlp_flattens_inputs_and_exposes_features():
   assert model.features(x).shape == (5, 6)
   assert model(x).shape == (5, 3)
   assert model.head.out_features == 3
+
+
+@pytest.mark.parametrize(("builder", "expected"), [
+    # He et al.'s pre-activation design ends with BN-ReLU before pooling (the widely used CIFAR
+    # implementation without it has 1,024 parameters fewer: 11,171,146).
+    (lambda: preact_resnet18(10, rngs=nnx.Rngs(0)), 11_172_170),
+    (lambda: wide_resnet(28, 10, 10, rngs=nnx.Rngs(0)), 36_479_194),
+    (lambda: wide_resnet(16, 4, 10, rngs=nnx.Rngs(0)), 2_748_890),
+])
+def test_preact_and_wide_resnets_have_the_standard_parameter_counts(builder, expected):
+  assert parameter_count(nnx.eval_shape(builder)) == expected
+
+
+def test_small_wide_resnet_runs_and_exposes_features():
+  model = wide_resnet(10, 2, 10, width=0.5, rngs=nnx.Rngs(0))
+  x = jnp.ones((2, 32, 32, 3))
+  assert model.features(x).shape == (2, 64)
+  np.testing.assert_allclose(model(x), model.head(model.features(x)), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="depth must be 6n"):
+    wide_resnet(20, 2, 10, rngs=nnx.Rngs(0))
