@@ -4,13 +4,17 @@
 from samx.models.mlp import MLP
 from samx.models.preact import PreActBlock, PreActResNet, preact_resnet18, wide_resnet
 from samx.models.resnet import BasicBlock, ResNet, resnet18, resnet34
+from samx.models.small import FixedHead, TwoLayerLinear, TwoLayerReLUCNN
 
 __all__ = [
     "MLP",
     "BasicBlock",
+    "FixedHead",
     "PreActBlock",
     "PreActResNet",
     "ResNet",
+    "TwoLayerLinear",
+    "TwoLayerReLUCNN",
     "preact_resnet18",
     "resnet18",
     "resnet34",

@@ -68,3 +68,35 @@ def test_small_wide_resnet_runs_and_exposes_features():
   np.testing.assert_allclose(model(x), model.head(model.features(x)), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="depth must be 6n"):
     wide_resnet(20, 2, 10, rngs=nnx.Rngs(0))
+
+
+def test_two_layer_relu_cnn_is_chens_formula():
+  from samx.models import TwoLayerReLUCNN
+
+  model = TwoLayerReLUCNN(6, 3, init_std=1.0, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2, 6)), jnp.float32)
+  w = np.asarray(model.filters[...], np.float64)
+  relu = lambda a: np.maximum(a, 0.0)
+  xs = np.asarray(x, np.float64)
+  f_plus = relu(np.einsum("bpd,rd->bpr", xs, w[:3])).sum((1, 2)) / 3
+  f_minus = relu(np.einsum("bpd,rd->bpr", xs, w[3:])).sum((1, 2)) / 3
+  f = f_plus - f_minus
+  np.testing.assert_allclose(model(x), np.stack([-f / 2, f / 2], 1), rtol=1e-5, atol=1e-6)
+  # Only the filters are trained; the second layer is fixed.
+  assert [path for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))] == [("filters",)]
+  # Cross-entropy on the two logits is the logistic loss of y f.
+  import optax
+  labels = jnp.array([1, 0, 1, 1, 0])
+  xent = optax.softmax_cross_entropy_with_integer_labels(model(x), labels)
+  y = 2.0 * np.asarray(labels) - 1.0
+  np.testing.assert_allclose(xent, np.log1p(np.exp(-y * f)), rtol=1e-5, atol=1e-6)
+
+
+def test_two_layer_linear_network():
+  from samx.models import TwoLayerLinear
+
+  model = TwoLayerLinear(4, 3, rngs=nnx.Rngs(0))
+  x = jnp.ones((2, 4))
+  expected = x @ model.hidden.kernel[...] @ model.head.kernel[...]
+  np.testing.assert_allclose(model(x), expected, rtol=1e-6)
+  assert model.features(x).shape == (2, 3)
