@@ -51,6 +51,8 @@ OPTIMIZERS = {
     "m-sam (m=16)": lambda: samx.sam(rho=0.3, group_size=16),
     "gsam": lambda: samx.gsam(rho=0.3, alpha=0.3),
     "saner": lambda: samx.saner(rho=0.3, alpha=0.5, warmup_steps=300),
+    "l-sam": lambda: samx.logit_sam(rho=0.3),
+    "j-sam": lambda: samx.jacobian_sam(rho=0.3),
 }
 
 
