@@ -83,3 +83,37 @@ def signal_noise_patches(
   given = np.where(flipped, 1 - clean, clean).astype(np.int32)
   return PatchData(inputs.astype(np.float32), given, clean, flipped,
                    signal_patch.astype(np.int32), mu.astype(np.float32))
+
+
+def gaussian_mixture(
+    n: int, *, num_classes: int = 10, dim: int = 32, center_scale: float = 0.45,
+    split: str = "train", seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  r"""A Gaussian mixture classification problem: :math:`x = c_y + z`, :math:`z \sim N(0, I)`.
+
+  The class centers :math:`c_k \sim N(0, s^2 I)` (``s = center_scale``) are drawn once from
+  ``seed``, so the ``"train"`` and ``"test"`` splits of one seed share them; labels are uniform.
+  With the defaults the classes overlap enough that a network fits noisy labels only by
+  memorizing them: the small, download-free problem of samx's quick start.
+
+  Returns:
+    ``(inputs, labels)``: float32 ``(n, dim)`` and int32 ``(n,)``.
+
+  Example:
+    >>> from samx.data.synthetic import gaussian_mixture
+    >>> x, y = gaussian_mixture(100, num_classes=3, dim=4, seed=0)
+    >>> x.shape, x.dtype, sorted(set(y.tolist()))
+    ((100, 4), dtype('float32'), [0, 1, 2])
+  """
+  for name, value, low in (("n", n, 1), ("num_classes", num_classes, 2), ("dim", dim, 1)):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+      raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+  if not center_scale > 0:
+    raise ValueError(f"center_scale must be > 0; got {center_scale!r}.")
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
+  centers = np.random.default_rng(seed).normal(size=(num_classes, dim)) * center_scale
+  rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+  labels = rng.integers(0, num_classes, size=n)
+  inputs = centers[labels] + rng.normal(size=(n, dim))
+  return inputs.astype(np.float32), labels.astype(np.int32)

@@ -4,7 +4,7 @@
 from samx.models.mlp import MLP
 from samx.models.preact import PreActBlock, PreActResNet, preact_resnet18, wide_resnet
 from samx.models.resnet import BasicBlock, ResNet, resnet18, resnet34
-from samx.models.small import FixedHead, TwoLayerLinear, TwoLayerReLUCNN
+from samx.models.small import FixedHead, SmallCNN, TwoLayerLinear, TwoLayerReLUCNN
 
 __all__ = [
     "MLP",
@@ -13,6 +13,7 @@ __all__ = [
     "PreActBlock",
     "PreActResNet",
     "ResNet",
+    "SmallCNN",
     "TwoLayerLinear",
     "TwoLayerReLUCNN",
     "preact_resnet18",

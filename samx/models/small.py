@@ -63,3 +63,44 @@ class TwoLayerLinear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.features(x))
+
+
+class SmallCNN(nnx.Module):
+  """The small convolutional network of Springer et al. 2024's dominoes experiments.
+
+  Three strided convolutions with ReLU (32 filters 5x5 stride 2, then 64 and 128 filters 3x3
+  stride 2; zero padding keeps ``ceil(size / 2)`` per stride), flattened, then the linear
+  ``head``. ``features`` is the flattened last convolution.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from samx.models import SmallCNN
+    >>> model = SmallCNN((64, 32, 3), num_classes=2, rngs=nnx.Rngs(0))
+    >>> model(jnp.ones((2, 64, 32, 3))).shape, model.features(jnp.ones((2, 64, 32, 3))).shape
+    ((2, 2), (2, 4096))
+  """
+
+  def __init__(self, input_shape: tuple[int, int, int], num_classes: int, *,
+               width: float = 1.0, rngs: nnx.Rngs):
+    height, breadth, channels = input_shape
+    sizes = [max(1, round(c * width)) for c in (32, 64, 128)]
+    self.conv1 = nnx.Conv(channels, sizes[0], (5, 5), strides=(2, 2), padding=((2, 2), (2, 2)),
+                          rngs=rngs)
+    self.conv2 = nnx.Conv(sizes[0], sizes[1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                          rngs=rngs)
+    self.conv3 = nnx.Conv(sizes[1], sizes[2], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                          rngs=rngs)
+    for _ in range(3):
+      height, breadth = -(-height // 2), -(-breadth // 2)
+    self.head = nnx.Linear(height * breadth * sizes[2], num_classes, rngs=rngs)
+
+  def features(self, x: jax.Array) -> jax.Array:
+    """The flattened output of the last convolution, ``(batch, h * w * 128 * width)``."""
+    x = nnx.relu(self.conv1(x))
+    x = nnx.relu(self.conv2(x))
+    x = nnx.relu(self.conv3(x))
+    return jnp.reshape(x, (x.shape[0], -1))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.features(x))

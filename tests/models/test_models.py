@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from samx import models
 from samx.models import MLP, preact_resnet18, resnet18, resnet34, wide_resnet
 
 
@@ -100,3 +101,25 @@ def test_two_layer_linear_network():
   expected = x @ model.hidden.kernel[...] @ model.head.kernel[...]
   np.testing.assert_allclose(model(x), expected, rtol=1e-6)
   assert model.features(x).shape == (2, 3)
+
+
+def test_small_cnn_matches_a_direct_convolution_stack():
+  # Springer et al.'s small CNN on a dominoes-shaped input: the strides halve (rounding up) the
+  # spatial size three times, and the forward pass equals lax.conv_general_dilated by hand.
+  model = models.SmallCNN((64, 32, 3), num_classes=2, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (3, 64, 32, 3))
+  assert model.head.kernel.shape == (8 * 4 * 128, 2)
+
+  def conv(layer, inputs, stride, pad):
+    out = jax.lax.conv_general_dilated(inputs, layer.kernel[...], (stride, stride),
+                                       ((pad, pad), (pad, pad)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(out + layer.bias[...])
+
+  h = conv(model.conv3, conv(model.conv2, conv(model.conv1, x, 2, 2), 2, 1), 2, 1)
+  features = h.reshape(3, -1)
+  np.testing.assert_allclose(model.features(x), features, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(model(x), features @ model.head.kernel[...] + model.head.bias[...],
+                             rtol=1e-5, atol=1e-5)
+  narrow = models.SmallCNN((28, 28, 1), num_classes=10, width=0.5, rngs=nnx.Rngs(0))
+  assert narrow.features(jnp.ones((1, 28, 28, 1))).shape == (1, 4 * 4 * 64)

@@ -1,0 +1,116 @@
+"""The ``samx`` command: ``samx train``, ``samx compare``, ``samx presets``.
+
+    samx compare                                     # the quick start: SGD vs SAM family
+    samx train --preset saner-cifar10-cpu --set optimizer.name=sam --set epochs=5
+    samx train --resume runs/saner-cifar10-cpu/sam   # continue a killed run exactly
+    samx compare --preset fashion-mnist-noise-cpu --optimizers sgd,sam,saner,jsam,lsam
+
+Multi-host (one process per host): ``--coordinator-address HOST:PORT --num-processes N
+--process-id I`` (or the environment variables ``SAMX_COORDINATOR_ADDRESS``,
+``SAMX_NUM_PROCESSES``, ``SAMX_PROCESS_ID``), or ``--distributed`` where JAX detects the
+cluster itself (Cloud TPU, SLURM, Open MPI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+DEFAULT_COMPARE = "sgd,sam,saner,jsam,lsam"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--preset", default="quickstart",
+                      help="a named configuration (samx presets lists them); default quickstart")
+  parser.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE",
+                      help="change one field, e.g. --set optimizer.rho=0.1 (repeatable)")
+  parser.add_argument("--no-progress", action="store_true", help="one line per epoch, no bar")
+  parser.add_argument("--coordinator-address", default=os.environ.get("SAMX_COORDINATOR_ADDRESS"))
+  parser.add_argument("--num-processes", type=int,
+                      default=_int_env("SAMX_NUM_PROCESSES"))
+  parser.add_argument("--process-id", type=int, default=_int_env("SAMX_PROCESS_ID"))
+  parser.add_argument("--distributed", action="store_true",
+                      help="call jax.distributed.initialize() with cluster auto-detection")
+
+
+def _int_env(name: str) -> int | None:
+  value = os.environ.get(name)
+  return None if value in (None, "") else int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="samx", description=__doc__.split("\n\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True)
+  train = commands.add_parser("train", help="train one configuration")
+  _add_common(train)
+  train.add_argument("--run-dir", help="where metrics, config and checkpoints go (default "
+                     "runs/PRESET/OPTIMIZER-seedSEED)")
+  train.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue the run in RUN_DIR from its latest checkpoint")
+  train.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard scalars (needs samx[tensorboard])")
+  compare = commands.add_parser("compare", help="train one configuration with several "
+                                "optimizers; print a table and save a plot")
+  _add_common(compare)
+  compare.add_argument("--optimizers", default=DEFAULT_COMPARE,
+                       help=f"comma-separated, each NAME or NAME+key=value (default "
+                       f"{DEFAULT_COMPARE})")
+  compare.add_argument("--out", help="output directory (default runs/compare-PRESET)")
+  commands.add_parser("presets", help="list the presets")
+  return parser
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+  import jax
+
+  if args.coordinator_address or args.num_processes or args.process_id is not None:
+    missing = [flag for flag, value in (("--coordinator-address", args.coordinator_address),
+                                        ("--num-processes", args.num_processes),
+                                        ("--process-id", args.process_id)) if value is None]
+    if missing:
+      raise SystemExit(f"samx: multi-process runs need {', '.join(missing)} as well.")
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  from samx import train
+  from samx.train.config import ConfigError
+
+  if args.command == "presets":
+    for name, make in train.PRESETS.items():
+      print(f"{name:<26} {' '.join(make.__doc__.split())}")
+    return 0
+  _initialize_distributed(args)
+  try:
+    if args.command == "train":
+      if args.resume:
+        if args.overrides or args.preset != "quickstart":
+          raise ConfigError("--resume continues a run with its stored configuration; drop "
+                            "--preset and --set.")
+        train.run(None, args.resume, resume=True, progress=not args.no_progress,
+                  tensorboard=args.tensorboard)
+        return 0
+      config = train.override(train.preset(args.preset), args.overrides)
+      run_dir = args.run_dir or pathlib.Path("runs") / args.preset / (
+          f"{config.optimizer.name}-seed{config.seed}")
+      train.run(config, run_dir, progress=not args.no_progress, tensorboard=args.tensorboard)
+      print(f"run directory: {run_dir}")
+      return 0
+    config = train.override(train.preset(args.preset), args.overrides)
+    optimizers = [spec for spec in args.optimizers.split(",") if spec.strip()]
+    out = args.out or pathlib.Path("runs") / f"compare-{args.preset}"
+    train.compare(config, optimizers, out, progress=not args.no_progress)
+    return 0
+  except (ConfigError, FileExistsError, FileNotFoundError) as error:
+    print(f"samx: error: {error}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

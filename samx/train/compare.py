@@ -1,0 +1,140 @@
+"""Several optimizers on one configuration: a side-by-side table and the papers' picture (test
+accuracy and noisy-label memorization against epochs)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from samx.train.config import Config, ConfigError, override
+from samx.train.engine import RunResult, run
+
+TABLE_COLUMNS = (
+    ("optimizer", "{}"), ("best test acc", "{:.3f}"), ("at epoch", "{}"),
+    ("final test acc", "{:.3f}"), ("noisy memorized", "{:.3f}"),
+    ("noisy true label", "{:.3f}"), ("clean train acc", "{:.3f}"), ("img/s", "{:.0f}"),
+    ("seconds", "{:.1f}"),
+)
+
+
+def parse_optimizer_spec(spec: str) -> tuple[str, list[str]]:
+  """``"sam+rho=0.1+group_size=1"`` -> ``("sam+rho=0.1+group_size=1", ["optimizer.name=sam",
+  "optimizer.rho=0.1", "optimizer.group_size=1"])``: a label and its overrides."""
+  name, *settings = [part.strip() for part in spec.split("+")]
+  if not name:
+    raise ConfigError(f"--optimizers entries look like NAME or NAME+key=value; got {spec!r}.")
+  assignments = [f"optimizer.name={name}"]
+  for setting in settings:
+    key = setting.split("=", 1)[0]
+    assignments.append(setting if "." in key else f"optimizer.{setting}")
+  return spec.strip(), assignments
+
+
+def _row(label: str, summary: dict[str, Any]) -> list[str]:
+  values = [label, summary["best_test_accuracy"], summary["best_epoch"],
+            summary["final_test_accuracy"], summary["final_noisy_memorization"],
+            summary["final_noisy_true_label_accuracy"], summary["final_train_clean_accuracy"],
+            summary["images_per_second"], summary["train_seconds"]]
+  return ["-" if v is None else fmt.format(v) for v, (_, fmt) in zip(values, TABLE_COLUMNS,
+                                                                      strict=True)]
+
+
+def format_table(summaries: dict[str, dict[str, Any]], *, markdown: bool = False) -> str:
+  """The comparison table: one row per optimizer."""
+  header = [name for name, _ in TABLE_COLUMNS]
+  rows = [_row(label, summary) for label, summary in summaries.items()]
+  if markdown:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+  widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+  line = lambda cells: "  ".join(  # noqa: E731
+      c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                          strict=True)))
+  return "\n".join([line(header)] + [line(r) for r in rows])
+
+
+def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | pathlib.Path,
+                    *, title: str = "") -> pathlib.Path:
+  """Saves test accuracy and noisy-label memorization against epochs, one line per optimizer.
+
+  Needs matplotlib; returns the path of the image.
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  panels = (("test_accuracy", "test accuracy"),
+            ("noisy_memorization", "noisy labels memorized (train)"))
+  figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+  for axis, (key, label) in zip(axes, panels, strict=True):
+    for name, history in histories.items():
+      points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+      if points:
+        epochs, values = zip(*points, strict=True)
+        axis.plot(epochs, values, marker="o" if len(points) < 30 else None, markersize=3,
+                  label=name)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(label)
+    axis.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  if title:
+    figure.suptitle(title, fontsize=10)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+  return path
+
+
+def compare(
+    config: Config,
+    optimizers: Sequence[str],
+    out_dir: str | pathlib.Path | None = None,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, RunResult]:
+  """Runs ``config`` once per entry of ``optimizers`` and writes the table and the plot.
+
+  Each entry is an optimizer name (``sgd``, ``sam``, ``saner``, ``jsam``, ...) optionally
+  followed by ``+key=value`` settings of the optimizer section (``sam+group_size=1`` is
+  1-SAM). Every run uses the same data, noise, initialisation and batch order. ``out_dir``
+  (if given) receives one run directory per entry, ``compare.md``/``compare.json`` (the
+  table) and ``compare.png`` (the plot).
+  """
+  specs = [parse_optimizer_spec(spec) for spec in optimizers]
+  if not specs:
+    raise ConfigError("--optimizers must name at least one optimizer.")
+  labels = [label for label, _ in specs]
+  if len(set(labels)) != len(labels):
+    raise ConfigError(f"--optimizers lists an entry twice: {', '.join(labels)}.")
+  configs = {label: override(config, assignments) for label, assignments in specs}
+  from samx.train.config import validate
+
+  for checked in configs.values():  # every entry is checked before any training starts
+    validate(checked)
+  out_dir = None if out_dir is None else pathlib.Path(out_dir)
+  results = {}
+  for label, run_config in configs.items():
+    if log is not None:
+      log(f"\n== {label} ==")
+    run_dir = None if out_dir is None else out_dir / label.replace("=", "-")
+    results[label] = run(run_config, run_dir, progress=progress, log=log)
+  summaries = {label: result.summary for label, result in results.items()}
+  if log is not None:
+    log("\n" + format_table(summaries))
+  if out_dir is not None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.md").write_text(format_table(summaries, markdown=True) + "\n")
+    (out_dir / "compare.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    first = next(iter(results.values()))
+    title = (f"{first.summary['dataset']}, {first.summary['noise_rate']:.0%} noisy labels, "
+             f"{config.model.name}")
+    path = plot_comparison({label: r.history for label, r in results.items()},
+                           out_dir / "compare.png", title=title)
+    if log is not None:
+      log(f"\ntable: {out_dir / 'compare.md'}   plot: {path}")
+  return results
