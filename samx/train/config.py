@@ -236,7 +236,8 @@ def _parse_scalar(text: str) -> Any:
 def _convert(key: str, value: Any, tp: Any) -> Any:
   """``value`` (a string from the command line or a JSON value) as type ``tp``."""
   optional, tp = _is_optional(tp)
-  if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+  if value is None or (optional and isinstance(value, str)
+                       and value.strip().lower() in ("none", "null")):
     if optional:
       return None
     raise ConfigError(f"{key} cannot be None.")

@@ -1,0 +1,99 @@
+"""The configuration: overrides, round trips, and checks that name the bad key."""
+
+import dataclasses
+
+import pytest
+
+from samx import train
+from samx.train import config as cfg
+
+
+def test_overrides_parse_each_field_type():
+  c = cfg.override(cfg.Config(), [
+      "optimizer.name=saner", "optimizer.rho=0.2", "optimizer.group_size=16",
+      "optimizer.nesterov=true", "model.hidden=64,32", "devices=none", "epochs=7",
+      "schedule.boundaries=0.3,0.6", "data.options.dim=8", "data.options.center_scale=0.5",
+      "data.train_examples=100"])
+  assert (c.optimizer.name, c.optimizer.rho, c.optimizer.group_size) == ("saner", 0.2, 16)
+  assert c.optimizer.nesterov is True and c.model.hidden == (64, 32) and c.devices is None
+  assert c.epochs == 7 and c.schedule.boundaries == (0.3, 0.6)
+  assert c.data.options == {"dim": 8, "center_scale": 0.5} and c.data.train_examples == 100
+
+
+@pytest.mark.parametrize(("assignment", "named"), [
+    ("optimizer.rhoo=1", "optimizer.rhoo"),
+    ("epoch=3", "epoch"),
+    ("optimizer=1", "optimizer"),
+    ("a.b.c=1", "a.b.c"),
+    ("epochs=three", "epochs"),
+    ("optimizer.rho=big", "optimizer.rho"),
+    ("epochs=2.5", "epochs"),
+    ("optimizer.nesterov=maybe", "optimizer.nesterov"),
+    ("model.hidden=a,b", "model.hidden"),
+    ("epochs=none", "epochs"),
+    ("no-equals-sign", "section.field=value"),
+])
+def test_bad_overrides_name_the_key(assignment, named):
+  with pytest.raises(cfg.ConfigError, match=named.replace(".", r"\.")):
+    cfg.override(cfg.Config(), [assignment])
+
+
+@pytest.mark.parametrize(("assignment", "named", "accepted"), [
+    ("optimizer.rho=-0.1", "optimizer.rho", ">= 0"),
+    ("noise.kind=symmetric", "noise.rate", "> 0"),
+    ("noise.rate=1.0", "noise.rate", r"\[0, 1\)"),
+    ("optimizer.name=adamw", "optimizer.name", "sgd, sam, asam"),
+    ("model.name=vgg", "model.name", "mlp, resnet18"),
+    ("data.name=imagenet", "data.name", "gaussian_mixture"),
+    ("schedule.kind=linear", "schedule.kind", "constant, cosine, step"),
+    ("schedule.boundaries=0.8,0.2", "schedule.boundaries", "increasing"),
+    ("optimizer.alpha=2", "optimizer.alpha", r"\[0, 1\]"),
+    ("batch_size=0", "batch_size", ">= 1"),
+    ("model.depth=17", "model.depth", "6k \\+ 4"),
+    ("noise.kind=file", "noise.file", "a path"),
+])
+def test_validation_names_the_key_and_the_accepted_values(assignment, named, accepted):
+  base = cfg.override(cfg.Config(), ["noise.kind=symmetric", "noise.rate=0.2"]
+                      if assignment.startswith("noise.rate=1") else [])
+  with pytest.raises(cfg.ConfigError, match=f"{named.replace('.', '[.]')} must be .*{accepted}"):
+    cfg.validate(cfg.override(base, [assignment]))
+
+
+def test_batch_checks_against_devices_and_group_size():
+  c = cfg.override(cfg.Config(), ["optimizer.name=sam", "optimizer.group_size=48",
+                                  "batch_size=128"])
+  with pytest.raises(cfg.ConfigError, match="optimizer.group_size must be a divisor of "
+                     "batch_size=128"):
+    cfg.validate(c)
+  with pytest.raises(cfg.ConfigError, match="batch_size must be divisible by the 3 devices"):
+    cfg.validate(cfg.Config(batch_size=128), device_count=3)
+  with pytest.raises(cfg.ConfigError, match="devices must be at most the 2 available"):
+    cfg.validate(cfg.Config(devices=4), device_count=2)
+  gsam = cfg.override(cfg.Config(), ["optimizer.name=gsam"])
+  with pytest.raises(cfg.ConfigError, match="optimizer.gsam_alpha must be > 0"):
+    cfg.validate(gsam)
+
+
+@pytest.mark.parametrize("name", list(train.PRESETS))
+def test_every_preset_is_valid_and_round_trips_through_json(name):
+  config = cfg.validate(train.preset(name))
+  assert cfg.from_dict(cfg.to_dict(config)) == config
+
+
+def test_unknown_preset_and_unknown_stored_keys():
+  with pytest.raises(cfg.ConfigError, match="preset must be one of quickstart"):
+    train.preset("imagenet")
+  stored = cfg.to_dict(cfg.Config())
+  stored["optimizer"]["momentun"] = 0.9
+  with pytest.raises(cfg.ConfigError, match="optimizer.momentun"):
+    cfg.from_dict(stored)
+
+
+def test_data_options_are_checked_before_training():
+  c = cfg.override(cfg.Config(), ["data.options.dimension=8"])
+  with pytest.raises(cfg.ConfigError, match="data.options.dimension .* accepted: center_scale"):
+    train.load_data(c)
+  big = dataclasses.replace(c, data=dataclasses.replace(c.data, options={},
+                                                        train_examples=10**6))
+  with pytest.raises(cfg.ConfigError, match="data.train_examples must be at most the 8192"):
+    train.load_data(big)
