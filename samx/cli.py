@@ -79,6 +79,8 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  import jax
+
   from samx import train
   from samx.train.config import ConfigError
 
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
       run_dir = args.run_dir or pathlib.Path("runs") / args.preset / (
           f"{config.optimizer.name}-seed{config.seed}")
       train.run(config, run_dir, progress=not args.no_progress, tensorboard=args.tensorboard)
-      print(f"run directory: {run_dir}")
+      if jax.process_index() == 0:
+        print(f"run directory: {run_dir}")
       return 0
     config = train.override(train.preset(args.preset), args.overrides)
     optimizers = [spec for spec in args.optimizers.split(",") if spec.strip()]

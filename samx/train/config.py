@@ -396,6 +396,9 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
          "a positive integer or none", o.group_size)
   _check(o.groups_in_parallel is None or o.groups_in_parallel >= 1,
          "optimizer.groups_in_parallel", "a positive integer or none", o.groups_in_parallel)
+  _check(o.groups_in_parallel is None or o.group_size is not None,
+         "optimizer.groups_in_parallel", "none unless optimizer.group_size is set",
+         o.groups_in_parallel)
   _check(o.eta >= 0, "optimizer.eta", ">= 0", o.eta)
   _check(0 <= o.alpha <= 1, "optimizer.alpha", "in [0, 1]", o.alpha)
   _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", ">= 0", o.warmup_epochs)

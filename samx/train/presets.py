@@ -68,7 +68,7 @@ def saner_cifar10_cpu() -> Config:
       full,
       data=dataclasses.replace(full.data, train_examples=5000, test_examples=2000),
       model=dataclasses.replace(full.model, width=0.125),
-      optimizer=dataclasses.replace(full.optimizer, warmup_epochs=4, groups_in_parallel=1),
+      optimizer=dataclasses.replace(full.optimizer, warmup_epochs=4),
       schedule=ScheduleConfig(kind="cosine"),
       epochs=15, train_eval_examples=None, checkpoint_every=1)
 

@@ -6,6 +6,7 @@ import pytest
 
 from samx import train
 from samx.train import config as cfg
+from samx.train.optimizers import build_optimizer
 
 
 def test_overrides_parse_each_field_type():
@@ -51,6 +52,7 @@ def test_bad_overrides_name_the_key(assignment, named):
     ("batch_size=0", "batch_size", ">= 1"),
     ("model.depth=17", "model.depth", "6k \\+ 4"),
     ("noise.kind=file", "noise.file", "a path"),
+    ("optimizer.groups_in_parallel=1", "optimizer.groups_in_parallel", "optimizer.group_size"),
 ])
 def test_validation_names_the_key_and_the_accepted_values(assignment, named, accepted):
   base = cfg.override(cfg.Config(), ["noise.kind=symmetric", "noise.rate=0.2"]
@@ -78,6 +80,9 @@ def test_batch_checks_against_devices_and_group_size():
 def test_every_preset_is_valid_and_round_trips_through_json(name):
   config = cfg.validate(train.preset(name))
   assert cfg.from_dict(cfg.to_dict(config)) == config
+  for optimizer in cfg.OPTIMIZERS:  # every optimizer can be built from every preset
+    changed = cfg.override(config, [f"optimizer.name={optimizer}", "optimizer.gsam_alpha=0.1"])
+    build_optimizer(changed.optimizer, changed.schedule, total_steps=100, steps_per_epoch=10)
 
 
 def test_unknown_preset_and_unknown_stored_keys():

@@ -1,0 +1,56 @@
+"""The ``samx`` command line."""
+
+import json
+
+import pytest
+
+from samx import cli
+
+QUICK = ["--set", "data.options.train_size=1024", "--set", "data.options.test_size=512",
+         "--set", "epochs=2", "--set", "eval_batch_size=512"]
+
+
+def test_presets_lists_every_preset(capsys):
+  assert cli.main(["presets"]) == 0
+  out = capsys.readouterr().out
+  for name in ("quickstart", "saner-cifar10", "saner-cifar10-cpu", "mnist-cpu"):
+    assert name in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--set", "optimizer.rho=-1"], "optimizer.rho must be >= 0"),
+    (["train", "--set", "optimizer.rhoo=1"], "unknown key 'optimizer.rhoo'"),
+    (["train", "--preset", "imagenet"], "preset must be one of"),
+    (["train", "--set", "data.name=cifar1000"], "data.name must be one of"),
+    (["compare", "--optimizers", "sgd,sam,adamw"], "optimizer.name must be one of"),
+    (["train", "--set", "optimizer.name=sam", "--set", "optimizer.group_size=100"],
+     "optimizer.group_size must be a divisor of batch_size=128"),
+])
+def test_bad_configurations_fail_before_training_naming_the_key(argv, message, capsys, tmp_path,
+                                                                 monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(argv) == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "runs").exists()  # nothing was trained or written
+
+
+def test_train_then_compare(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  assert cli.main(["train", "--no-progress", "--run-dir", str(run_dir), *QUICK,
+                   "--set", "optimizer.name=sam", "--set", "checkpoint_every=1"]) == 0
+  assert json.loads((run_dir / "config.json").read_text())["optimizer"]["name"] == "sam"
+  assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+  assert cli.main(["train", "--no-progress", "--run-dir", str(run_dir), *QUICK]) == 2
+  assert "already holds a run" in capsys.readouterr().err
+  assert cli.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0  # already done
+  out_dir = tmp_path / "cmp"
+  assert cli.main(["compare", "--optimizers", "sgd,sam", "--out", str(out_dir), *QUICK]) == 0
+  table = capsys.readouterr().out
+  assert "noisy memorized" in table and "sgd" in table
+  assert (out_dir / "compare.png").exists() and (out_dir / "compare.json").exists()
+
+
+def test_progress_bar_draws_to_stderr(tmp_path, capsys):
+  assert cli.main(["train", "--run-dir", str(tmp_path / "r"), *QUICK]) == 0
+  err = capsys.readouterr().err
+  assert "epoch 1/2 [" in err and "steps/s" in err
