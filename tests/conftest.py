@@ -14,6 +14,11 @@ import samx
 # Multi-device tests run in subprocesses; keep the parent on one CPU device.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Scripts the multi-device tests run in subprocesses with 8 virtual CPU devices. They are not
+# imported by the doctest collection: multidevice_checks.py sets XLA_FLAGS at import, which
+# would give this whole process 8 devices.
+collect_ignore = ["transforms/multidevice_checks.py", "train/devices_check.py"]
+
 
 def squared_error(outputs, targets):
   return 0.5 * (outputs - targets) ** 2

@@ -180,3 +180,9 @@ def test_run_accepts_a_config_after_dataclass_replace():
   config = dataclasses.replace(small(epochs=1), eval_every=2)
   history = train.run(config, log=None).history
   assert "test_accuracy" in history[-1]  # the last epoch is always evaluated
+
+
+def test_this_process_runs_on_one_device():
+  # The in-process tests train on a one-device mesh; multi-device runs are subprocesses
+  # (test_distributed.py), so a helper that sets XLA_FLAGS must never be imported here.
+  assert jax.device_count() == 1
