@@ -108,6 +108,15 @@ class Trainer:
   def total_steps(self) -> int:
     return self.steps_per_epoch * self.config.epochs
 
+  def preprocess(self, inputs: jax.Array) -> jax.Array:
+    """Inputs as the model sees them at evaluation (uint8 images normalised, no augmentation)."""
+    return _prepare_inputs(jnp.asarray(inputs), None, self.data, False)
+
+  def eval_model(self, state: TrainState) -> nnx.Module:
+    """The model of ``state`` in evaluation mode (BatchNorm with its running statistics), e.g.
+    for ``model.features(trainer.preprocess(images))`` in a linear probe."""
+    return nnx.merge(self.eval_graphdef, state.params, state.model_state, copy=True)
+
 
 def _prepare_inputs(inputs: jax.Array, key: jax.Array | None, data: TrainingData,
                     augment: bool) -> jax.Array:

@@ -1,0 +1,133 @@
+"""Label noise (Baek et al. 2024; Luong et al. 2024): SGD, SAM, SANER, L-SAM, J-SAM and the
+penalty alternative on CIFAR-10 (JPEG re-encoding) and Fashion-MNIST with symmetric and
+asymmetric noise, plus 1-SAM on a small model.
+
+Each setting is one ``samx.train.compare`` of the engine: the same data, noise, initialisation
+and batch order for every optimizer. Reported per (setting, optimizer): the best test accuracy
+over epochs (the papers' early-stopped peak) and its epoch, the final test accuracy, the final
+share of noisy training labels the model fits (memorization), and the training time. The
+headline optimizers run with several seeds (mean ± standard deviation), the others with the
+first seed.
+
+    SAMX_DATA_DIR=../shared/data python benchmarks/label_noise.py \
+        --output-dir benchmarks/results/label_noise
+    python benchmarks/label_noise.py --settings fmnist-sym50 --seeds 0 --epochs 2  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+from samx import train
+
+# name: (preset, overrides). CPU scale: a ResNet-18 of width 1/16 on 4,000 CIFAR-10 images,
+# Springer et al.'s small CNN on 10,000 Fashion-MNIST images.
+CIFAR = ("saner-cifar10-cpu", ["model.width=0.0625", "data.train_examples=4000",
+                               "data.test_examples=2000", "optimizer.warmup_epochs=3"])
+FMNIST = ("fashion-mnist-noise-cpu", ["optimizer.warmup_epochs=2"])
+SETTINGS = {
+    "cifar10-sym25": (*CIFAR, ["noise.kind=symmetric", "noise.rate=0.25"]),
+    "cifar10-sym50": (*CIFAR, ["noise.kind=symmetric", "noise.rate=0.5"]),
+    "cifar10-asym40": (*CIFAR, ["noise.kind=asymmetric", "noise.mapping=cifar10",
+                                "noise.rate=0.4"]),
+    "fmnist-sym25": (*FMNIST, ["noise.kind=symmetric", "noise.rate=0.25"]),
+    "fmnist-sym50": (*FMNIST, ["noise.kind=symmetric", "noise.rate=0.5"]),
+    "fmnist-asym40": (*FMNIST, ["noise.kind=asymmetric", "noise.mapping=next_class",
+                                "noise.rate=0.4"]),
+    # 1-SAM needs one gradient per example: on a small model (an MLP on Fashion-MNIST).
+    "fmnist-sym50-mlp": ("fashion-mnist-noise-cpu", [
+        "model.name=mlp", "model.hidden=256", "optimizer.warmup_epochs=2",
+        "noise.kind=symmetric", "noise.rate=0.5"], []),
+}
+OPTIMIZERS = "sgd,sam,saner,lsam,jsam,penalty"
+SMALL_MODEL_OPTIMIZERS = "sgd,sam,sam+group_size=1,jsam+group_size=1,lsam+group_size=1"
+
+
+def config_for(setting: str, args) -> train.Config:
+  preset, base, noise = SETTINGS[setting]
+  extra = [] if args.epochs is None else [f"epochs={args.epochs}"]
+  return train.override(train.preset(preset), [*base, *noise, *extra, "checkpoint_every=0"])
+
+
+def summarise(values: list[float | None]) -> dict:
+  values = [v for v in values if v is not None]
+  if not values:
+    return {"mean": None, "std": None, "n": 0}
+  return {"mean": statistics.fmean(values),
+          "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--settings", default=",".join(SETTINGS))
+  parser.add_argument("--optimizers", default=OPTIMIZERS)
+  parser.add_argument("--small-model-optimizers", default=SMALL_MODEL_OPTIMIZERS)
+  parser.add_argument("--headline-optimizers", default="sgd,sam,saner",
+                      help="run with every seed; the others with the first seed only")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--epochs", type=int, help="override every setting's epochs")
+  parser.add_argument("--output-dir", type=pathlib.Path,
+                      default=pathlib.Path("benchmarks/results/label_noise"))
+  args = parser.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  headline = args.headline_optimizers.split(",")
+  started = time.perf_counter()
+  results: dict[str, dict] = {}
+  for setting in args.settings.split(","):
+    config = config_for(setting, args)
+    optimizers = (args.small_model_optimizers if setting.endswith("-mlp")
+                  else args.optimizers).split(",")
+    runs: dict[str, list[dict]] = {name: [] for name in optimizers}
+    for seed in seeds:
+      chosen = optimizers if seed == seeds[0] else [o for o in optimizers if o in headline]
+      if not chosen:
+        continue
+      seeded = train.override(config, [f"seed={seed}"])
+      out = args.output_dir / setting / f"seed{seed}"
+      compared = train.compare(seeded, chosen, out, log=None)
+      for name, result in compared.items():
+        runs[name].append(result.summary)
+      print(f"{setting} seed {seed}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+    results[setting] = {
+        "config": train.to_dict(config),
+        "optimizers": {name: {key: summarise([s[key] for s in summaries]) for key in (
+            "best_test_accuracy", "best_epoch", "final_test_accuracy",
+            "final_noisy_memorization", "train_seconds")} for name, summaries in runs.items()},
+        "runs": runs}
+  args.output_dir.mkdir(parents=True, exist_ok=True)
+  results_file = args.output_dir / "results.json"
+  previous = json.loads(results_file.read_text()) if results_file.exists() else {}
+  previous.update(results)
+  results_file.write_text(json.dumps(previous, indent=2) + "\n")
+  table = format_table(previous)
+  (args.output_dir / "table.md").write_text(table + "\n")
+  print(table)
+  print(f"\n{time.perf_counter() - started:.0f} s; results in {args.output_dir}")
+
+
+def _cell(stat: dict, digits: int = 3) -> str:
+  if stat["mean"] is None:
+    return "-"
+  text = f"{stat['mean']:.{digits}f}"
+  return text + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else "")
+
+
+def format_table(results: dict) -> str:
+  lines = ["| setting | optimizer | seeds | best test acc | at epoch | final test acc | "
+           "noisy memorized | seconds |", "|---|---|---|---|---|---|---|---|"]
+  for setting, entry in results.items():
+    for name, stats in entry["optimizers"].items():
+      lines.append(f"| {setting} | {name} | {stats['best_test_accuracy']['n']} | "
+                   f"{_cell(stats['best_test_accuracy'])} | {_cell(stats['best_epoch'], 0)} | "
+                   f"{_cell(stats['final_test_accuracy'])} | "
+                   f"{_cell(stats['final_noisy_memorization'])} | "
+                   f"{_cell(stats['train_seconds'], 0)} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,68 @@
+"""Each reproduction script of benchmarks/ runs at a tiny size and writes its table, results
+and plot (the full runs, with their numbers, are in benchmarks/README.md)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DATA_DIR = os.environ.get("SAMX_DATA_DIR")
+needs_data = pytest.mark.skipif(
+    not DATA_DIR or not (pathlib.Path(DATA_DIR) / "fashion-mnist").is_dir(),
+    reason="needs SAMX_DATA_DIR with fashion-mnist/ and mnist/")
+
+
+def run_script(name, *args):
+  result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args],
+                          capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_reweighting(tmp_path):
+  out = run_script("reweighting.py", "--steps", "20", "--record-every", "10",
+                   "--group-epochs", "1", "--output-dir", str(tmp_path))
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert [r["step"] for r in results["reweighting"]["1-sam"]] == [0, 10, 20]
+  last = results["reweighting"]["1-sam"][-1]
+  assert last["weight_clean"] > last["weight_noisy"]  # Baek et al.'s Lemma 3.1, early on
+  assert len(results["saner_groups"]["curve"]) == 2
+  assert "mean weight, clean" in out and (tmp_path / "reweighting.png").exists()
+
+
+def test_benign_overfitting(tmp_path):
+  run_script("benign_overfitting.py", "--signal-norms", "1.0,2.0", "--dims", "50",
+             "--epochs", "4", "--curve-dim", "50", "--curve-every", "2",
+             "--output-dir", str(tmp_path))
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert len(results["grid"]) == 4  # 2 signal norms x 1 dimension x (SGD, SAM)
+  assert [r["epoch"] for r in results["curves"]["sam"]] == [0, 2, 4]
+  assert "Test error, SAM" in (tmp_path / "table.md").read_text()
+  assert (tmp_path / "benign_overfitting.png").exists()
+
+
+@needs_data
+def test_label_noise(tmp_path):
+  run_script("label_noise.py", "--settings", "fmnist-sym50-mlp", "--seeds", "0,1",
+             "--small-model-optimizers", "sgd,sam+group_size=1", "--headline-optimizers",
+             "sgd", "--epochs", "1", "--output-dir", str(tmp_path))
+  results = json.loads((tmp_path / "results.json").read_text())
+  stats = results["fmnist-sym50-mlp"]["optimizers"]
+  assert stats["sgd"]["best_test_accuracy"]["n"] == 2  # headline: every seed
+  assert stats["sam+group_size=1"]["best_test_accuracy"]["n"] == 1
+  assert "| fmnist-sym50-mlp | sgd | 2 |" in (tmp_path / "table.md").read_text()
+  assert (tmp_path / "fmnist-sym50-mlp" / "seed0" / "compare.png").exists()
+
+
+@needs_data
+def test_feature_balance(tmp_path):
+  run_script("feature_balance.py", "--kinds", "fmnist_mnist", "--optimizers", "sgd",
+             "--seeds", "0", "--epochs", "1", "--output-dir", str(tmp_path))
+  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+  assert len(rows) == 1 and 0.5 <= rows[0]["hard_probe"] <= 1.0
+  assert rows[0]["easy_probe"] > 0.9  # MNIST 0 vs 1 is linearly decodable after any training
+  assert "hard-feature probe" in (tmp_path / "table.md").read_text()
