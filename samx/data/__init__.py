@@ -2,6 +2,7 @@
 
 from samx.data import noise, synthetic
 from samx.data._dataset import Dataset
+from samx.data._fetch import fetch
 from samx.data._idx import read_idx
 from samx.data._image_folder import default_cache_dir
 from samx.data._sources import load
@@ -13,6 +14,7 @@ __all__ = [
     "NoisyLabels",
     "default_cache_dir",
     "dominoes",
+    "fetch",
     "load",
     "noise",
     "read_idx",

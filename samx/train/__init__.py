@@ -6,7 +6,7 @@ Example:
   >>> result = train.run(config, log=None)  # doctest: +SKIP
 """
 
-from samx.train.compare import compare, plot_comparison
+from samx.train.compare import compare, format_table, plot_comparison
 from samx.train.config import (
     Config,
     ConfigError,
@@ -45,6 +45,7 @@ __all__ = [
     "Trainer",
     "TrainingData",
     "compare",
+    "format_table",
     "from_dict",
     "load_data",
     "load_run_config",

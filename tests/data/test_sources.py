@@ -222,3 +222,29 @@ def test_cifar10_jpeg_train_split(cache_dir):
   train = samx.data.load("cifar10", "train", cache_dir=cache_dir)
   assert train.images.shape == (50000, 32, 32, 3)
   assert train.class_counts().tolist() == [5000] * 10
+
+
+def write_idx_pair(folder, prefix, images, labels):
+  _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images, True)
+  _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels, True)
+
+
+def test_fetch_copies_and_checks_the_idx_files(tmp_path):
+  source = tmp_path / "mirror"
+  source.mkdir()
+  rng = np.random.default_rng(0)
+  write_idx_pair(source, "train", rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+                 rng.integers(0, 10, 5, dtype=np.uint8))
+  write_idx_pair(source, "t10k", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+                 rng.integers(0, 10, 3, dtype=np.uint8))
+  folder = samx.data.fetch("mnist", tmp_path / "data", base_url=source.as_uri())
+  assert folder == tmp_path / "data" / "mnist"
+  assert len(samx.data.load("mnist", "test", data_dir=tmp_path / "data")) == 3
+  (source / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b broken")
+  (folder / "train-images-idx3-ubyte.gz").unlink()
+  with pytest.raises(ValueError, match="download of .* is corrupt"):
+    samx.data.fetch("mnist", tmp_path / "data", base_url=source.as_uri())
+  assert not (folder / "train-images-idx3-ubyte.gz").exists()
+  assert not list(folder.glob("tmp*"))
+  with pytest.raises(ValueError, match="name must be one of"):
+    samx.data.fetch("cifar10", tmp_path / "data")

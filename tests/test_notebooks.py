@@ -1,0 +1,45 @@
+"""Every notebook runs top to bottom in its CPU-sized mode (nbclient), and the stored notebooks
+are the ones notebooks/make_notebooks.py writes."""
+
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "notebooks"))
+
+nbformat = pytest.importorskip("nbformat")
+make_notebooks = pytest.importorskip("make_notebooks")
+NEEDS_DATA = {"02_label_noise.ipynb", "04_feature_balance.ipynb"}
+
+
+def stored_sources(name):
+  notebook = json.loads((ROOT / "notebooks" / name).read_text())
+  return [("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+          for c in notebook["cells"]]
+
+
+@pytest.mark.parametrize("name", list(make_notebooks.NOTEBOOKS))
+def test_stored_notebook_matches_its_builder(name):
+  assert stored_sources(name) == [cell.source for cell in make_notebooks.build(name).cells]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(make_notebooks.NOTEBOOKS))
+def test_notebook_runs_top_to_bottom_in_cpu_mode(name, tmp_path, monkeypatch):
+  pytest.importorskip("nbclient")
+  if name in NEEDS_DATA and not os.environ.get("SAMX_DATA_DIR"):
+    pytest.skip("needs SAMX_DATA_DIR (on Colab it downloads instead)")
+  notebook = make_notebooks.build(name)
+  assert 'SCALE = "cpu"' in notebook.cells[2].source
+  monkeypatch.chdir(tmp_path)  # runs/ and other outputs go to a temporary folder
+  from nbclient import NotebookClient
+
+  NotebookClient(notebook, timeout=1200, kernel_name="python3",
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  errors = [output for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.get("outputs", []) if output.get("output_type") == "error"]
+  assert not errors
