@@ -26,26 +26,29 @@ def header(file_name: str, title: str, summary: str) -> list[tuple[str, str]]:
            f"{file_name})")
   return [
       ("markdown", f"# {title}\n\n{badge}\n\n{summary}"),
-      ("code", f"""# Installs samx where it is missing (Colab); in a checkout, `pip install -e .` instead.
+      ("code", f"""# Installs samx where it is missing (Colab); in a checkout: pip install -e .
 try:
   import samx
 except ImportError:
   %pip install -q "samx @ git+https://github.com/{REPOSITORY}"
   import samx"""),
-      ("code", """# "cpu": a few minutes on a laptop CPU (what CI runs). "accelerator": the papers' scale,
-# for a GPU or TPU runtime.
+      ("code", """# "cpu": a few minutes on a laptop CPU (what CI runs).
+# "accelerator": the papers' scale, for a GPU or TPU runtime.
 SCALE = "cpu\""""),
   ]
 
 
 QUICKSTART = [
-    ("markdown", """samx's transforms are `optax.GradientTransformationExtraArgs`: put one at the head of
-an optax chain and pass the `objective` (model + loss + batch) to `update`. Here a Flax NNX MLP
-learns a 10-class Gaussian mixture with 40% of its training labels flipped, and the only line
+    ("markdown", """samx's transforms are `optax.GradientTransformationExtraArgs`: put one at the
+head of an optax chain and pass the `objective` (model + loss + batch) to `update`. Here a
+Flax NNX MLP learns a 10-class Gaussian mixture with 40% of its training labels flipped, and the only line
 that changes between runs is the transform."""),
-    ("code", """import jax, jax.numpy as jnp, numpy as np, optax
+    ("code", """import jax.numpy as jnp
 import matplotlib.pyplot as plt
+import numpy as np
+import optax
 from flax import nnx
+
 from samx.data import noise, synthetic
 from samx.models import MLP
 
@@ -100,20 +103,24 @@ for name, curve in curves.items():
 axes[0].set(xlabel="step", ylabel="test accuracy")
 axes[1].set(xlabel="step", ylabel="noisy labels memorized")
 axes[0].legend();"""),
-    ("markdown", """SGD fits the wrong labels and its test accuracy falls with them; the SAM family fits far
-fewer. The same run from the command line is `samx compare`, with metrics per epoch, a table and
-this plot."""),
+    ("markdown", """SGD fits the wrong labels and its test accuracy falls with them; the SAM family
+fits far fewer. The same run from the command line is `samx compare`, with metrics per epoch,
+a table and this plot."""),
 ]
 
 LABEL_NOISE = [
-    ("markdown", """The training engine (`samx.train`) on real data: the same configuration, data, noise,
-initialisation and batch order for SGD, SAM and SANER; per epoch the test accuracy, the share of
-noisy training labels fitted (memorization) and, for SANER, its group fractions. On a CPU:
+    ("markdown", """The training engine (`samx.train`) on real data: the same configuration, data,
+noise, initialisation and batch order for SGD, SAM and SANER; per epoch the test accuracy, the
+share of noisy training labels fitted (memorization) and, for SANER, its group fractions. On a CPU:
 Fashion-MNIST with 50% symmetric noise and a small CNN; on an accelerator: the SANER paper's
-ResNet-18 on CIFAR-10 with 50% noise (through tensorflow-datasets when the files are not local)."""),
-    ("code", """import os, pathlib
+ResNet-18 on CIFAR-10 with 50% noise (through tensorflow-datasets when the files are not
+local)."""),
+    ("code", """import os
+import pathlib
+
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
+
 from samx import train
 
 local = bool(os.environ.get("SAMX_DATA_DIR"))
@@ -128,7 +135,8 @@ print(config.data.name, config.model.name, f"{config.noise.rate:.0%} {config.noi
       config.epochs, "epochs")"""),
     ("code", """out = pathlib.Path("runs/notebook-label-noise")
 results = train.compare(config, ["sgd", "sam", "saner"], out, log=None)
-display(Markdown(train.format_table({k: r.summary for k, r in results.items()}, markdown=True)))"""),
+summaries = {name: result.summary for name, result in results.items()}
+display(Markdown(train.format_table(summaries, markdown=True)))"""),
     ("code", """fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
 for name, result in results.items():
   epochs = [r["epoch"] for r in result.history]
@@ -143,8 +151,8 @@ axes[1].set(xlabel="epoch", ylabel="noisy labels memorized")
 axes[2].set(xlabel="epoch", ylabel="fraction of components (SANER)")
 for axis in axes:
   axis.legend()"""),
-    ("markdown", """SGD's test accuracy peaks early and falls as it memorizes; SAM memorizes more slowly
-and SANER, which scales SAM's down-weighted group-B components further, more slowly still.
+    ("markdown", """SGD's test accuracy peaks early and falls as it memorizes; SAM memorizes more
+slowly and SANER, which scales SAM's down-weighted group-B components further, more slowly still.
 `benchmarks/label_noise.py` runs this comparison over datasets, noise settings and seeds."""),
 ]
 
@@ -153,30 +161,45 @@ DECOMPOSITION = [
 factors: L-SAM perturbs only the logit term `r`, J-SAM only the Jacobian `J`. J-SAM keeps SAM's
 robustness to noisy labels, L-SAM does not; and J-SAM's effect can be had without a second
 gradient, as explicit penalties on the features and the last layer."""),
-    ("code", """import jax, jax.numpy as jnp, numpy as np, optax
+    ("code", """import jax
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
+import numpy as np
+import optax
 from IPython.display import Markdown, display
+
 from samx import train
 
 epochs = 16 if SCALE == "cpu" else 40
 config = train.override(train.preset("quickstart"), [f"epochs={epochs}"])
 results = train.compare(config, ["sgd", "sam", "lsam", "jsam", "penalty+feature_coef=0.01"],
                         log=None)
-display(Markdown(train.format_table({k: r.summary for k, r in results.items()}, markdown=True)))"""),
+summaries = {name: result.summary for name, result in results.items()}
+display(Markdown(train.format_table(summaries, markdown=True)))"""),
     ("markdown", """**Why**: for logistic regression, 1-SAM multiplies each example's logit term by
 `sigmoid(-z + rho ||x||) / sigmoid(-z)` relative to SGD, increasing in the margin `z`: examples
 the model already fits — mostly the clean ones — count more. `samx.analysis.logit_weights`
 measures it for any model."""),
     ("code", """rng = np.random.default_rng(0)
 n, d = 200, 400
-mu = rng.normal(size=d); mu *= 3 / np.linalg.norm(mu)
+mu = rng.normal(size=d)
+mu *= 3 / np.linalg.norm(mu)
 t = rng.choice([-1.0, 1.0], n)
 x = (t[:, None] * mu + rng.normal(size=(n, d))).astype(np.float32)
-noisy = np.zeros(n, bool); noisy[rng.choice(n, n // 5, replace=False)] = True
+noisy = np.zeros(n, bool)
+noisy[rng.choice(n, n // 5, replace=False)] = True
 given = np.where(noisy, -t, t).astype(np.float32)
 
-linear = lambda params, inputs: inputs @ params["w"]
-logistic = lambda outputs, targets: jax.nn.softplus(-targets * outputs[:, 0])
+
+
+def linear(params, inputs):
+  return inputs @ params["w"]
+
+
+def logistic(outputs, targets):
+  return jax.nn.softplus(-targets * outputs[:, 0])
+
+
 objective = samx.Objective(linear, logistic, jnp.asarray(x), jnp.asarray(given))
 tx = optax.chain(samx.sam(0.2, group_size=1), optax.sgd(0.01))    # 1-SAM
 params = {"w": jnp.zeros((d, 1))}
@@ -188,14 +211,16 @@ def step(params, state):
   return optax.apply_updates(params, updates), state
 
 history = []
-for index in range(200):
+for _ in range(200):
   weights = samx.analysis.logit_weights(objective, params, rho=0.2)
   split = samx.analysis.split_by_mask(weights, jnp.asarray(noisy))
   history.append((float(split.clean), float(split.noisy)))
   params, state = step(params, state)
 plt.plot([h[0] for h in history], label="clean examples")
 plt.plot([h[1] for h in history], label="noisy examples")
-plt.xlabel("1-SAM step"); plt.ylabel("mean 1-SAM / SGD logit weight"); plt.legend();"""),
+plt.xlabel("1-SAM step")
+plt.ylabel("mean 1-SAM / SGD logit weight")
+plt.legend();"""),
     ("markdown", """**The penalty alternative**: SGD on the loss plus
 `samx.penalties.feature_and_weight_penalty(features, head_kernel, ...)` — one forward and
 backward pass, the cost of SGD (`optimizer.name=penalty` in the engine, in the table above). For
@@ -204,17 +229,21 @@ a two-layer linear network, `samx.penalties.jsam_penalty` reproduces J-SAM's 1-S
 ]
 
 FEATURE_BALANCE = [
-    ("markdown", """Springer et al.: on data where an easy and a hard feature both predict the label, SGD
-learns the easy one and neglects the other; SAM suppresses the well-learned easy feature so the
-hard one is learned too. Dominoes stack an MNIST digit (easy) on a Fashion-MNIST or CIFAR-10
+    ("markdown", """Springer et al.: on data where an easy and a hard feature both predict the
+label, SGD learns the easy one and neglects the other; SAM suppresses the well-learned easy
+feature so the hard one is learned too. Dominoes stack an MNIST digit (easy) on a Fashion-MNIST or CIFAR-10
 image (hard); a linear probe on the frozen penultimate features, trained where the other half
 is random, measures how well each feature is represented."""),
     ("code", """import os
-import jax, jax.numpy as jnp, numpy as np
+
+import jax
+import numpy as np
+
 from samx import data, train
 
-if not os.environ.get("SAMX_DATA_DIR"):      # Colab: download MNIST and Fashion-MNIST (~30 MB)
-  data.fetch("mnist"); data.fetch("fashion_mnist")
+if not os.environ.get("SAMX_DATA_DIR"):  # Colab: download MNIST and Fashion-MNIST (~30 MB)
+  data.fetch("mnist")
+  data.fetch("fashion_mnist")
 kind = "fmnist_mnist"    # "cifar_mnist" needs CIFAR-10's files in $SAMX_DATA_DIR
 epochs = 4 if SCALE == "cpu" else 30"""),
     ("code", """def probe_accuracy(trainer, state, feature):
@@ -236,21 +265,22 @@ for optimizer in ("sgd", "sam"):
   print(f"{optimizer}: test accuracy {result.summary['final_test_accuracy']:.3f}, "
         f"hard-feature probe {probe_accuracy(trainer, result.state, 'hard'):.3f}, "
         f"easy-feature probe {probe_accuracy(trainer, result.state, 'easy'):.3f}")"""),
-    ("markdown", """`benchmarks/feature_balance.py` repeats this over both dominoes, several seeds and
-values of rho, with its results in `benchmarks/README.md`."""),
+    ("markdown", """`benchmarks/feature_balance.py` repeats this over both dominoes, several seeds
+and values of rho, with its results in `benchmarks/README.md`."""),
 ]
 
 BENIGN = [
-    ("markdown", """Chen et al.: on data `x = [y mu, xi]` (a signal patch and a noise patch), a two-layer
-ReLU CNN trained by SGD memorizes the noise patches and overfits harmfully when the signal is
-weak relative to the noise; SAM learns the signal over a much larger range."""),
-    ("code", """import numpy as np
-import matplotlib.pyplot as plt
+    ("markdown", """Chen et al.: on data `x = [y mu, xi]` (a signal patch and a noise patch), a
+two-layer ReLU CNN trained by SGD memorizes the noise patches and overfits harmfully when the
+signal is weak relative to the noise; SAM learns the signal over a much larger range."""),
+    ("code", """import matplotlib.pyplot as plt
+import numpy as np
+
 from samx import train
 
 signal_norms = [0.5, 1.0, 2.0] if SCALE == "cpu" else [0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 dims = [100, 400, 1600] if SCALE == "cpu" else [100, 200, 400, 800, 1600]
-errors = {"sgd": np.zeros((len(signal_norms), len(dims))), "sam": np.zeros((len(signal_norms), len(dims)))}
+errors = {name: np.zeros((len(signal_norms), len(dims))) for name in ("sgd", "sam")}
 for i, signal_norm in enumerate(signal_norms):
   for j, dim in enumerate(dims):
     for optimizer in errors:
@@ -259,9 +289,10 @@ for i, signal_norm in enumerate(signal_norms):
           f"data.options.dim={dim}", "eval_every=300"])
       errors[optimizer][i, j] = 1 - train.run(config, log=None).summary["final_test_accuracy"]"""),
     ("code", """fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-for axis, (optimizer, table) in zip(axes, errors.items()):
+for axis, (optimizer, table) in zip(axes, errors.items(), strict=True):
   image = axis.imshow(table, origin="lower", vmin=0, vmax=0.5, cmap="viridis")
-  axis.set_xticks(range(len(dims)), dims); axis.set_yticks(range(len(signal_norms)), signal_norms)
+  axis.set_xticks(range(len(dims)), dims)
+  axis.set_yticks(range(len(signal_norms)), signal_norms)
   axis.set(xlabel="patch dimension d", ylabel="||mu||", title=f"{optimizer.upper()}: test error")
   for (i, j), value in np.ndenumerate(table):
     axis.text(j, i, f"{value:.2f}", ha="center", va="center", color="w")
@@ -271,16 +302,17 @@ noise-memorization curves; its results are in `benchmarks/README.md`."""),
 ]
 
 SCALING = [
-    ("markdown", """The engine shards the global batch over a `jax.sharding.Mesh` of every device and
-replicates the state; XLA inserts the collectives, so SAM's `eps` and BatchNorm's statistics
+    ("markdown", """The engine shards the global batch over a `jax.sharding.Mesh` of every device
+and replicates the state; XLA inserts the collectives, so SAM's `eps` and BatchNorm's statistics
 are those of the global batch, and the same code runs on one CPU, eight GPUs or a TPU pod. On a
 CPU this notebook makes 8 virtual devices (importing JAX does not start its backends, so the
 flag still takes effect here, before the first computation)."""),
     ("code", """import os
+
 if SCALE == "cpu":   # 8 virtual CPU devices; must be set before JAX initialises its backends
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8\""""),
-    ("code", """import time
-import jax
+    ("code", """import jax
+
 from samx import train
 from samx.data import pipeline
 
@@ -293,9 +325,11 @@ for devices in (1, jax.device_count()):
   print(f"{devices} device(s): test accuracy per epoch",
         [round(r["test_accuracy"], 4) for r in result.history],
         f"- {result.summary['images_per_second']:.0f} images/s")"""),
-    ("markdown", """The metrics agree across device counts (up to the order of floating-point reductions).
-Below, one global batch as the engine lays it out: each device holds a slice of the batch."""),
-    ("code", """trainer = train.make_trainer(train.override(config, [f"devices={jax.device_count()}"]))
+    ("markdown", """The metrics agree across device counts (up to the order of floating-point
+reductions). Below, one global batch as the engine lays it out: each device holds a slice of
+the batch."""),
+    ("code", """all_devices = train.override(config, [f"devices={jax.device_count()}"])
+trainer = train.make_trainer(all_devices)
 batch = next(pipeline.batches({"input": trainer.data.train["input"]}, config.batch_size, seed=0,
                               epoch=0, mesh=trainer.mesh))
 print(batch["input"].sharding)

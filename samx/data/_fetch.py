@@ -43,9 +43,9 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *,
     target = folder / file_name
     if target.exists():
       continue
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".gz", delete=False) as partial:
-      with urllib.request.urlopen(base + file_name) as response:  # noqa: S310 (fixed URLs)
-        shutil.copyfileobj(response, partial)
+    with (tempfile.NamedTemporaryFile(dir=folder, suffix=".gz", delete=False) as partial,
+          urllib.request.urlopen(base + file_name) as response):
+      shutil.copyfileobj(response, partial)
     try:
       read_idx(partial.name)
     except Exception as error:
