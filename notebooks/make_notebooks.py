@@ -41,8 +41,8 @@ SCALE = "cpu\""""),
 QUICKSTART = [
     ("markdown", """samx's transforms are `optax.GradientTransformationExtraArgs`: put one at the
 head of an optax chain and pass the `objective` (model + loss + batch) to `update`. Here a
-Flax NNX MLP learns a 10-class Gaussian mixture with 40% of its training labels flipped, and the only line
-that changes between runs is the transform."""),
+Flax NNX MLP learns a 10-class Gaussian mixture with 40% of its training labels flipped, and
+the only line that changes between runs is the transform."""),
     ("code", """import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
@@ -231,9 +231,9 @@ a two-layer linear network, `samx.penalties.jsam_penalty` reproduces J-SAM's 1-S
 FEATURE_BALANCE = [
     ("markdown", """Springer et al.: on data where an easy and a hard feature both predict the
 label, SGD learns the easy one and neglects the other; SAM suppresses the well-learned easy
-feature so the hard one is learned too. Dominoes stack an MNIST digit (easy) on a Fashion-MNIST or CIFAR-10
-image (hard); a linear probe on the frozen penultimate features, trained where the other half
-is random, measures how well each feature is represented."""),
+feature so the hard one is learned too. Dominoes stack an MNIST digit (easy) on a
+Fashion-MNIST or CIFAR-10 image (hard); a linear probe on the frozen penultimate features,
+trained where the other half is random, measures how well each feature is represented."""),
     ("code", """import os
 
 import jax
