@@ -61,14 +61,12 @@ def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | path
 
   Needs matplotlib; returns the path of the image.
   """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
   panels = (("test_accuracy", "test accuracy"),
             ("noisy_memorization", "noisy labels memorized (train)"))
-  figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+  figure = Figure(figsize=(10, 3.8), constrained_layout=True)
+  axes = figure.subplots(1, 2)
   for axis, (key, label) in zip(axes, panels, strict=True):
     for name, history in histories.items():
       points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
@@ -85,7 +83,6 @@ def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | path
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   figure.savefig(path, dpi=120)
-  plt.close(figure)
   return path
 
 

@@ -186,3 +186,16 @@ def test_this_process_runs_on_one_device():
   # The in-process tests train on a one-device mesh; multi-device runs are subprocesses
   # (test_distributed.py), so a helper that sets XLA_FLAGS must never be imported here.
   assert jax.device_count() == 1
+
+
+def test_plot_comparison_leaves_the_matplotlib_backend_alone(tmp_path):
+  # Notebooks show figures inline; a library call must not switch the backend under them.
+  matplotlib = pytest.importorskip("matplotlib")
+  previous = matplotlib.get_backend()
+  matplotlib.use("svg")
+  try:
+    history = [{"epoch": 1, "test_accuracy": 0.5, "noisy_memorization": 0.2}]
+    path = train.plot_comparison({"sgd": history}, tmp_path / "plot.png", title="t")
+    assert path.stat().st_size > 1000 and matplotlib.get_backend() == "svg"
+  finally:
+    matplotlib.use(previous)
