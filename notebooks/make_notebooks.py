@@ -117,6 +117,7 @@ ResNet-18 on CIFAR-10 with 50% noise (through tensorflow-datasets when the files
 local)."""),
     ("code", """import os
 import pathlib
+import shutil
 
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
@@ -134,6 +135,7 @@ else:
 print(config.data.name, config.model.name, f"{config.noise.rate:.0%} {config.noise.kind} noise,",
       config.epochs, "epochs")"""),
     ("code", """out = pathlib.Path("runs/notebook-label-noise")
+shutil.rmtree(out, ignore_errors=True)  # a fresh comparison each time the notebook runs
 results = train.compare(config, ["sgd", "sam", "saner"], out, log=None)
 summaries = {name: result.summary for name, result in results.items()}
 display(Markdown(train.format_table(summaries, markdown=True)))"""),
