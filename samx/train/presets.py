@@ -35,8 +35,8 @@ def quickstart() -> Config:
 
 
 def mnist_cpu() -> Config:
-  """MNIST with an MLP (one hidden layer of 256), two epochs of SGD: above 97% test accuracy
-  in about ten seconds on a CPU."""
+  """MNIST with an MLP (one hidden layer of 256), two epochs of SGD: 96.8% test accuracy
+  (seed 0) in a few seconds on a CPU."""
   return Config(
       data=DataConfig(name="mnist"),
       model=ModelConfig(name="mlp", hidden=(256,)),
