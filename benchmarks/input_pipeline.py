@@ -3,8 +3,8 @@
 The pipeline is what runs per step outside the model: gathering a shuffled batch of CIFAR-10
 shaped uint8 images on the host, putting it on the device, and the on-device augmentation
 (random crop with padding 4, flip, normalisation), compiled with jax.jit. The training step is
-SGD and SAM on ResNet-18 (CIFAR stem) at the given width, as in step_cost.py. Both are reported
-in images per second, measured in one process.
+the engine's own compiled step (``samx.train.make_trainer``) for SGD and SAM on ResNet-18 (CIFAR
+stem) at the given width. Both are reported in images per second, measured in one process.
 
     python benchmarks/input_pipeline.py [--batch-size 128] [--resnet-width 0.25]
 """
@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-
-import step_cost
-from flax import nnx
-
+from samx import train
 from samx.data import pipeline
+from samx.train.trainer import BATCH_AXIS
+from samx.train.training_data import split_arrays
+
+LEARNING_RATE, RHO = 0.1, 0.05  # as in step_cost.py
 
 
 def pipeline_images_per_second(batch_size: int, num_examples: int, epochs: int) -> float:
@@ -47,24 +46,29 @@ def pipeline_images_per_second(batch_size: int, num_examples: int, epochs: int) 
 
 
 def step_images_per_second(name: str, args: argparse.Namespace) -> float:
-  step_args = argparse.Namespace(mlp_width=512, resnet_width=args.resnet_width,
-                                 batch_size=args.batch_size)
-  model, _ = step_cost.make_model("resnet18", step_args)
-  model.train()
-  _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  tx = step_cost.optimizers(16, "resnet18")[name]()
+  """Images/s of the engine's own compiled step (``samx.train.make_trainer``) for ``name``,
+  on a fixed batch of random CIFAR-shaped images (the step alone: no augmentation in it)."""
   rng = np.random.default_rng(0)
-  x = jax.numpy.asarray(rng.normal(size=(args.batch_size, 32, 32, 3)), jax.numpy.float32)
-  y = jax.numpy.asarray(rng.integers(0, 10, args.batch_size), jax.numpy.int32)
-  state = (params, stats, tx.init(params))
-  step = jax.jit(step_cost.make_step(model, name, tx))
-  *state, loss = step(*state, x, y)
-  jax.block_until_ready(loss)
+  n = args.batch_size
+  images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+  labels = rng.integers(0, 10, n)
+  data = train.TrainingData(split_arrays(images, labels), split_arrays(images, labels), 10,
+                            "random CIFAR-shaped images", np.full(3, 0.5), np.full(3, 0.25))
+  config = train.override(train.Config(), [
+      "data.name=cifar10", "model.name=resnet18", f"model.width={args.resnet_width}",
+      f"optimizer.name={name}", f"optimizer.rho={RHO}", f"optimizer.learning_rate={LEARNING_RATE}",
+      f"batch_size={n}", "devices=1", "checkpoint_every=0"])
+  trainer = train.make_trainer(config, data)
+  batch = next(pipeline.batches({"input": images, "label": labels.astype(np.int32)}, n, seed=0,
+                                epoch=0, mesh=trainer.mesh, batch_axis=BATCH_AXIS))
+  state = trainer.init()
+  state, metrics = trainer.train_step(state, batch)
+  jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(args.steps):
-    *state, loss = step(*state, x, y)
-  jax.block_until_ready(loss)
-  return args.steps * args.batch_size / (time.perf_counter() - start)
+    state, metrics = trainer.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  return args.steps * n / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -30,8 +30,8 @@ from samx import train
 CIFAR = ("saner-cifar10-cpu", ["model.width=0.0625", "data.train_examples=4000",
                                "data.test_examples=1000", "data.augment=false", "epochs=20",
                                "optimizer.learning_rate=0.05", "optimizer.rho=0.05",
-                               "optimizer.warmup_epochs=5"])
-FMNIST = ("fashion-mnist-noise-cpu", ["epochs=20", "optimizer.warmup_epochs=5"])
+                               "saner.warmup_epochs=5"])
+FMNIST = ("fashion-mnist-noise-cpu", ["epochs=20", "saner.warmup_epochs=5"])
 SETTINGS = {
     "cifar10-sym25": (*CIFAR, ["noise.kind=symmetric", "noise.rate=0.25"]),
     "cifar10-sym50": (*CIFAR, ["noise.kind=symmetric", "noise.rate=0.5"]),
@@ -43,7 +43,7 @@ SETTINGS = {
                                 "noise.rate=0.4"]),
     # 1-SAM needs one gradient per example: on a small model (an MLP on Fashion-MNIST).
     "fmnist-sym50-mlp": ("fashion-mnist-noise-cpu", [
-        "model.name=mlp", "model.hidden=256", "epochs=20", "optimizer.warmup_epochs=5",
+        "model.name=mlp", "model.hidden=256", "epochs=20", "saner.warmup_epochs=5",
         "noise.kind=symmetric", "noise.rate=0.5"], []),
 }
 OPTIMIZERS = "sgd,sam,saner,lsam,jsam,penalty"

@@ -33,6 +33,7 @@ from flax import nnx
 import samx
 from samx import train
 from samx.data import pipeline
+from samx.train.step import cross_entropy
 
 
 def logistic_data(n: int, dim: int, noise_rate: float, seed: int, signal: float):
@@ -117,13 +118,13 @@ def saner_groups(args) -> dict:
     def apply_fn(p, inputs):
       return nnx.merge(graphdef, p, model_state, copy=True)(inputs)
 
-    objective = samx.Objective(apply_fn, train.engine.cross_entropy, probe_x, probe_y)
+    objective = samx.Objective(apply_fn, cross_entropy, probe_x, probe_y)
     return samx.analysis.saner_group_split(objective, params, config.optimizer.rho,
                                            probe_noisy)
 
   arrays = {"input": data.train["input"], "label": data.train["label"]}
   curve = []
-  evaluator = train.engine.Evaluator(trainer)
+  evaluator = trainer.evaluator()
   for epoch in range(config.epochs + 1):
     if epoch > 0:
       for batch in pipeline.batches(arrays, config.batch_size, seed=config.seed,

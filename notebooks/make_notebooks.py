@@ -128,7 +128,7 @@ local = bool(os.environ.get("SAMX_DATA_DIR"))
 if SCALE == "cpu":
   config = train.override(train.preset("fashion-mnist-noise-cpu"), [
       f"data.name={'fashion_mnist' if local else 'tfds:fashion_mnist'}",
-      "data.train_examples=5000", "epochs=8", "optimizer.warmup_epochs=2", "checkpoint_every=0"])
+      "data.train_examples=5000", "epochs=8", "saner.warmup_epochs=2", "checkpoint_every=0"])
 else:
   config = train.override(train.preset("saner-cifar10"), [
       f"data.name={'cifar10' if local else 'tfds:cifar10'}", "checkpoint_every=0"])

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
   import jax
 
   from samx import train
-  from samx.train.config import ConfigError
+  from samx.train import ConfigError
+  from samx.train.loop import method_label
 
   if args.command == "presets":
     for name, make in train.PRESETS.items():
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
       config = train.override(train.preset(args.preset), args.overrides)
       run_dir = args.run_dir or pathlib.Path("runs") / args.preset / (
-          f"{config.optimizer.name}-seed{config.seed}")
+          f"{method_label(config)}-seed{config.seed}")
       train.run(config, run_dir, progress=not args.no_progress, tensorboard=args.tensorboard)
       if jax.process_index() == 0:
         print(f"run directory: {run_dir}")

@@ -51,6 +51,28 @@ def feature_and_weight_penalty(features: jax.Array, kernel: jax.Array, *, featur
   return feature_coef * feature_penalty(features) + weight_coef * weight_penalty(kernel)
 
 
+def per_example_feature_and_weight_penalty(
+    features: jax.Array, kernel_sq_norm: jax.Array, *, feature_coef: float, weight_coef: float
+) -> jax.Array:
+  """The penalty of :func:`feature_and_weight_penalty` per example, shape ``(batch,)``.
+
+  ``feature_coef * ||features_i||^2 / 2 + weight_coef * kernel_sq_norm / 2``, with
+  ``kernel_sq_norm`` the last layer's squared norm ``||V||^2`` (a scalar, or one copy per
+  example); its mean over the batch is :func:`feature_and_weight_penalty`. A per-example loss
+  with this term added is the regularised objective a :class:`samx.Objective` (and so any
+  sharpness-aware transform) can work on.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> features, kernel = jnp.array([[1.0, 2.0], [0.0, 1.0]]), jnp.ones((2, 3))
+    >>> per_example_feature_and_weight_penalty(
+    ...     features, jnp.sum(kernel**2), feature_coef=0.1, weight_coef=0.01).tolist()
+    [0.28, 0.08]
+  """
+  kernel_term = jnp.broadcast_to(kernel_sq_norm, features.shape[:1])
+  return feature_coef * 0.5 * _per_example_sq_norms(features) + weight_coef * 0.5 * kernel_term
+
+
 def jsam_example_weights(residual_norms: jax.Array, features: jax.Array, kernel: jax.Array,
                          input_norms: jax.Array) -> jax.Array:
   """``s_i / J_i`` of Proposition 4.1, held fixed: ``J_i = sqrt(||z_i||^2 + ||x_i||^2 ||v||^2)``.

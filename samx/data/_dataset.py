@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from samx.data._checks import check_label_range
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -36,9 +38,7 @@ class Dataset:
     if self.labels.shape != (len(self.images),):
       raise ValueError(f"Dataset.labels must have shape ({len(self.images)},); got "
                        f"{self.labels.shape}.")
-    if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
-      raise ValueError(f"Dataset.labels must lie in [0, {len(self.class_names)}); got "
-                       f"[{self.labels.min()}, {self.labels.max()}].")
+    check_label_range(self.labels, len(self.class_names), "Dataset.labels")
 
   @property
   def num_classes(self) -> int:

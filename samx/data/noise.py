@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from samx.data._checks import check_integer, check_label_range
+
 # Patrini et al. 2017's class-dependent flips for CIFAR-10 (alphabetical label order):
 # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog.
 CIFAR10_ASYMMETRIC_MAP = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -50,18 +52,14 @@ def transition_matrix(clean: np.ndarray, given: np.ndarray, num_classes: int) ->
 
 
 def _check(labels: np.ndarray, rate: float, num_classes: int) -> np.ndarray:
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) or (
-      num_classes < 2):
-    raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
+  check_integer("num_classes", num_classes, 2)
   if isinstance(rate, bool) or not isinstance(rate, float | int | np.floating) or not (
       0.0 <= rate < 1.0):
     raise ValueError(f"rate must be a number in [0, 1); got {rate!r}.")
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"labels must be a 1-D integer array; got {labels.dtype} {labels.shape}.")
-  if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"labels must lie in [0, {num_classes}); got [{labels.min()}, "
-                     f"{labels.max()}].")
+  check_label_range(labels, num_classes)
   return labels.astype(np.int32)
 
 
@@ -249,7 +247,5 @@ def from_file(labels: np.ndarray, path: str | os.PathLike, num_classes: int, *,
   if given.shape != clean.shape or not np.issubdtype(given.dtype, np.integer):
     raise ValueError(f"{path}: expected {len(clean)} integer labels, one per example; got "
                      f"{given.dtype} {given.shape}.")
-  if len(given) and (given.min() < 0 or given.max() >= num_classes):
-    raise ValueError(f"{path}: labels must lie in [0, {num_classes}); got [{given.min()}, "
-                     f"{given.max()}].")
+  check_label_range(given, num_classes, f"{path}: labels")
   return _result(clean, given, num_classes)

@@ -9,7 +9,6 @@ several processes, ``jax.make_array_from_process_local_data``); every per-image 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
 def epoch_order(num_examples: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -140,10 +138,3 @@ def augment(
     images = random_flip(flip_key, images)
   return normalize(images, mean, std)
 
-
-def to_arrays(dataset: Any, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """``{"image", "label", "index"}`` of a :class:`samx.data.Dataset` (``labels`` overrides its
-  labels, e.g. with noisy ones); ``index`` lets a step tell which examples it saw."""
-  return {"image": dataset.images,
-          "label": dataset.labels if labels is None else np.asarray(labels, np.int32),
-          "index": np.arange(len(dataset.labels), dtype=np.int32)}

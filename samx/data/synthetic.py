@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from samx.data._checks import check_integer
+
 
 class PatchData(NamedTuple):
   """Two-patch data ``x = [y mu, xi]`` (patches in random order).
@@ -54,9 +56,8 @@ def signal_noise_patches(
     >>> data.inputs.shape, float(abs((data.inputs[:, 0] * data.inputs[:, 1]).sum(1)).max()) < 1e-4
     ((8, 2, 16), True)
   """
-  for name, value, low in (("n", n, 1), ("d", d, 2)):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-      raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+  check_integer("n", n, 1)
+  check_integer("d", d, 2)
   if not signal_norm > 0 or not noise_std >= 0:
     raise ValueError(f"signal_norm must be > 0 and noise_std >= 0; got {signal_norm!r}, "
                      f"{noise_std!r}.")
@@ -105,9 +106,9 @@ def gaussian_mixture(
     >>> x.shape, x.dtype, sorted(set(y.tolist()))
     ((100, 4), dtype('float32'), [0, 1, 2])
   """
-  for name, value, low in (("n", n, 1), ("num_classes", num_classes, 2), ("dim", dim, 1)):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-      raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+  check_integer("n", n, 1)
+  check_integer("num_classes", num_classes, 2)
+  check_integer("dim", dim, 1)
   if not center_scale > 0:
     raise ValueError(f"center_scale must be > 0; got {center_scale!r}.")
   if split not in ("train", "test"):

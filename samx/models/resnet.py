@@ -8,22 +8,26 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from samx.models._layers import (
+    RESNET_CHANNELS,
+    batch_norm,
+    conv,
+    residual_stages,
+    scale_channels,
+)
+
 
 class BasicBlock(nnx.Module):
   """Two 3x3 convolutions with BatchNorm and a projection shortcut when the shape changes."""
 
   def __init__(self, in_channels: int, channels: int, stride: int, *, rngs: nnx.Rngs):
-    def conv(in_c: int, out_c: int, kernel: int, step: int) -> nnx.Conv:
-      return nnx.Conv(in_c, out_c, (kernel, kernel), strides=(step, step), padding="SAME",
-                      use_bias=False, rngs=rngs)
-
-    def norm(c: int) -> nnx.BatchNorm:
-      return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
-
-    self.conv1, self.norm1 = conv(in_channels, channels, 3, stride), norm(channels)
-    self.conv2, self.norm2 = conv(channels, channels, 3, 1), norm(channels)
+    self.conv1 = conv(in_channels, channels, 3, stride, rngs=rngs)
+    self.norm1 = batch_norm(channels, rngs=rngs)
+    self.conv2 = conv(channels, channels, 3, 1, rngs=rngs)
+    self.norm2 = batch_norm(channels, rngs=rngs)
     if stride != 1 or in_channels != channels:
-      self.shortcut = nnx.Sequential(conv(in_channels, channels, 1, stride), norm(channels))
+      self.shortcut = nnx.Sequential(conv(in_channels, channels, 1, stride, rngs=rngs),
+                                     batch_norm(channels, rngs=rngs))
     else:
       self.shortcut = None
 
@@ -50,17 +54,11 @@ class ResNet(nnx.Module):
 
   def __init__(self, stage_sizes: Sequence[int], num_classes: int, *, width: float = 1.0,
                in_channels: int = 3, rngs: nnx.Rngs):
-    channels = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
-    self.stem_conv = nnx.Conv(in_channels, channels[0], (3, 3), padding="SAME", use_bias=False,
-                              rngs=rngs)
-    self.stem_norm = nnx.BatchNorm(channels[0], momentum=0.9, epsilon=1e-5, rngs=rngs)
-    blocks, previous = [], channels[0]
-    for stage, (size, stage_channels) in enumerate(zip(stage_sizes, channels, strict=True)):
-      for index in range(size):
-        stride = 2 if stage > 0 and index == 0 else 1
-        blocks.append(BasicBlock(previous, stage_channels, stride, rngs=rngs))
-        previous = stage_channels
-    self.blocks = nnx.List(blocks)
+    channels = scale_channels(RESNET_CHANNELS, width)
+    self.stem_conv = conv(in_channels, channels[0], 3, 1, rngs=rngs)
+    self.stem_norm = batch_norm(channels[0], rngs=rngs)
+    self.blocks, previous = residual_stages(BasicBlock, channels[0], stage_sizes, channels,
+                                            rngs=rngs)
     self.head = nnx.Linear(previous, num_classes, rngs=rngs)
 
   def features(self, x: jax.Array) -> jax.Array:

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from samx.models._layers import scale_channels
+
 
 class FixedHead(nnx.Module):
   """A linear map that is not trained (its kernel is an ``nnx.Variable``, not an ``nnx.Param``)."""
@@ -84,7 +86,7 @@ class SmallCNN(nnx.Module):
   def __init__(self, input_shape: tuple[int, int, int], num_classes: int, *,
                width: float = 1.0, rngs: nnx.Rngs):
     height, breadth, channels = input_shape
-    sizes = [max(1, round(c * width)) for c in (32, 64, 128)]
+    sizes = scale_channels((32, 64, 128), width)
     self.conv1 = nnx.Conv(channels, sizes[0], (5, 5), strides=(2, 2), padding=((2, 2), (2, 2)),
                           rngs=rngs)
     self.conv2 = nnx.Conv(sizes[0], sizes[1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),

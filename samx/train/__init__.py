@@ -1,5 +1,17 @@
 """The training engine: configs, presets, the jit-compiled data-parallel loop, comparisons.
 
+One module per concern, each importing only those above it in this list:
+
+- ``errors``: :class:`ConfigError`.
+- ``methods``: the registry of optimizer names (how each builds its samx transform, its own
+  config section, what it needs from the step).
+- ``config``: the typed :class:`Config`, ``key=value`` overrides, JSON, :func:`validate`.
+- ``training_data``, ``architectures``, ``optimizer``: the run's arrays, model and optax
+  chain, built from the config.
+- ``step``: the pure training step; ``evaluation``: the clean/noisy metrics.
+- ``trainer``: the mesh and the compiled functions; ``run_dir``, ``progress``, ``checkpoints``:
+  what a run writes and shows; ``loop``: :func:`run`; ``compare``, ``presets``.
+
 Example:
   >>> from samx import train
   >>> config = train.override(train.preset("quickstart"), ["epochs=1", "optimizer.name=sam"])
@@ -9,37 +21,40 @@ Example:
 from samx.train.compare import compare, format_table, plot_comparison
 from samx.train.config import (
     Config,
-    ConfigError,
     DataConfig,
     ModelConfig,
     NoiseConfig,
     OptimizerConfig,
+    PenaltyConfig,
     ScheduleConfig,
     from_dict,
     override,
     to_dict,
     validate,
 )
-from samx.train.data import TrainingData, load_data
-from samx.train.engine import (
-    RunResult,
-    Trainer,
-    TrainState,
-    load_run_config,
-    make_trainer,
-    run,
-)
+from samx.train.errors import ConfigError
+from samx.train.loop import RunResult, run
+from samx.train.methods import METHODS, GSAMConfig, Method, SANERConfig
 from samx.train.presets import PRESETS, preset
+from samx.train.run_dir import load_run_config
+from samx.train.step import TrainState
+from samx.train.trainer import Trainer, make_trainer
+from samx.train.training_data import TrainingData, load_data
 
 __all__ = [
+    "METHODS",
     "PRESETS",
     "Config",
     "ConfigError",
     "DataConfig",
+    "GSAMConfig",
+    "Method",
     "ModelConfig",
     "NoiseConfig",
     "OptimizerConfig",
+    "PenaltyConfig",
     "RunResult",
+    "SANERConfig",
     "ScheduleConfig",
     "TrainState",
     "Trainer",

@@ -3,13 +3,16 @@ accuracy and noisy-label memorization against epochs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from samx.train.config import Config, ConfigError, override
-from samx.train.engine import RunResult, run
+from samx.train.config import Config, override, validate
+from samx.train.errors import ConfigError
+from samx.train.loop import RunResult, run
+from samx.train.methods import METHODS
 
 TABLE_COLUMNS = (
     ("optimizer", "{}"), ("best test acc", "{:.3f}"), ("at epoch", "{}"),
@@ -19,16 +22,34 @@ TABLE_COLUMNS = (
 )
 
 
+def _section_of(name: str) -> str | None:
+  """The config section of ``name``'s own options (``penalty`` for the shorthand)."""
+  if name == "penalty":
+    return "penalty"
+  return METHODS[name].section if name in METHODS else None
+
+
 def parse_optimizer_spec(spec: str) -> tuple[str, list[str]]:
   """``"sam+rho=0.1+group_size=1"`` -> ``("sam+rho=0.1+group_size=1", ["optimizer.name=sam",
-  "optimizer.rho=0.1", "optimizer.group_size=1"])``: a label and its overrides."""
+  "optimizer.rho=0.1", "optimizer.group_size=1"])``: a label and its overrides.
+
+  A bare key is one of the method's own section if it has it (``saner+alpha=0.25`` sets
+  ``saner.alpha``, ``penalty+feature_coef=0.01`` sets ``penalty.feature_coef``), else of the
+  ``optimizer`` section; a dotted key is taken as it is.
+  """
   name, *settings = [part.strip() for part in spec.split("+")]
   if not name:
     raise ConfigError(f"--optimizers entries look like NAME or NAME+key=value; got {spec!r}.")
+  section = _section_of(name)
+  own = set() if section is None else {f.name for f in dataclasses.fields(
+      type(getattr(Config(), section)))}
   assignments = [f"optimizer.name={name}"]
   for setting in settings:
-    key = setting.split("=", 1)[0]
-    assignments.append(setting if "." in key else f"optimizer.{setting}")
+    key = setting.split("=", 1)[0].strip()
+    if "." in key:
+      assignments.append(setting)
+    else:
+      assignments.append(f"{section if key in own else 'optimizer'}.{setting}")
   return spec.strip(), assignments
 
 
@@ -109,8 +130,6 @@ def compare(
   if len(set(labels)) != len(labels):
     raise ConfigError(f"--optimizers lists an entry twice: {', '.join(labels)}.")
   configs = {label: override(config, assignments) for label, assignments in specs}
-  from samx.train.config import validate
-
   for checked in configs.values():  # every entry is checked before any training starts
     validate(checked)
   out_dir = None if out_dir is None else pathlib.Path(out_dir)

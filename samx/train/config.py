@@ -13,7 +13,7 @@ Example:
   >>> cfg.override(cfg.Config(), ["optimizer.rhoo=0.1"])
   Traceback (most recent call last):
   ...
-  samx.train.config.ConfigError: unknown key 'optimizer.rhoo'; optimizer accepts: ...
+  samx.train.errors.ConfigError: unknown key 'optimizer.rhoo'; optimizer accepts: ...
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
-OPTIMIZERS = ("sgd", "sam", "asam", "saner", "gsam", "lsam", "jsam", "penalty")
+from samx.train.errors import ConfigError
+from samx.train.methods import METHODS, GSAMConfig, SANERConfig, build_transform, method
+
+OPTIMIZERS = tuple(METHODS)
 BASE_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "file")
@@ -34,11 +37,6 @@ MODELS = ("mlp", "resnet18", "resnet34", "preact_resnet18", "wide_resnet", "smal
           "two_layer_relu_cnn", "two_layer_linear")
 DATASETS = ("gaussian_mixture", "patches", "mnist", "fashion_mnist", "cifar10", "cifar100",
             "dominoes:cifar_mnist", "dominoes:fmnist_mnist", "folder:PATH", "tfds:NAME")
-
-
-class ConfigError(ValueError):
-  """A configuration value that samx cannot train with; the message names the key."""
-
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -55,7 +53,7 @@ class DataConfig:
     test_examples: evaluate on a fixed random subset of the test split (``None``: all).
     augment: random crop (padding 4) and horizontal flip on device, for CIFAR-like images.
     options: keyword arguments of the generator (``gaussian_mixture``: ``train_examples``...
-      see :func:`samx.train.data.load_data`) or of :func:`samx.data.dominoes`.
+      see :func:`samx.train.training_data.load_data`) or of :func:`samx.data.dominoes`.
   """
 
   name: str = "gaussian_mixture"
@@ -111,23 +109,19 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """The gradient transform at the head of the chain, and the base optimizer after it.
+  """The method (the samx transform at the head of the chain) and the base optimizer after it.
 
   Attributes:
-    name: ``sgd``; ``sam``; ``asam`` (SAM with ``adaptive=True``); ``saner``; ``gsam``;
-      ``lsam`` and ``jsam`` (Baek et al.'s logit-only and Jacobian-only SAM); ``penalty``
-      (SGD on the loss plus Baek et al.'s explicit feature and last-layer penalties).
-    rho: the perturbation radius.
+    name: the method, one of :data:`samx.train.methods.METHODS`: ``sgd``; ``sam``; ``asam``
+      (SAM with ``adaptive=True``); ``saner`` (options in the ``saner`` section); ``gsam``
+      (``gsam`` section); ``lsam`` and ``jsam`` (Baek et al.'s logit-only and Jacobian-only
+      SAM). ``penalty`` is short for ``sgd`` with the ``penalty`` section's coefficients set.
+    rho: the perturbation radius (every sharpness-aware method).
     group_size: m-sharpness (``1``: 1-SAM; ``None``: the whole global batch).
     groups_in_parallel: how many groups to evaluate at once (``1`` is fastest for convnets
       on CPU; ``None``: all).
-    adaptive: ASAM's perturbation for ``saner``, ``gsam``, ``lsam``, ``jsam`` too.
+    adaptive: ASAM's perturbation, for any sharpness-aware method.
     eta: ASAM's ``eta``.
-    alpha: SANER's final group-B weight.
-    warmup_epochs: SANER's ramp of ``beta`` from 1 to ``alpha``, in epochs.
-    gsam_alpha: GSAM's ``alpha`` (for ``gsam``, and SANER on top of GSAM when > 0).
-    feature_coef, weight_coef: the ``penalty`` coefficients on the penultimate features'
-      squared norm and the last layer's squared weights.
     base: ``sgd`` (with ``momentum``, ``nesterov``) or ``adam``.
     learning_rate: the peak learning rate (shaped by the schedule).
     weight_decay: added to the update after the samx transform (coupled, as in the papers).
@@ -139,16 +133,42 @@ class OptimizerConfig:
   groups_in_parallel: int | None = None
   adaptive: bool = False
   eta: float = 0.01
-  alpha: float = 0.5
-  warmup_epochs: float = 50.0
-  gsam_alpha: float = 0.0
-  feature_coef: float = 1e-3
-  weight_coef: float = 1e-3
   base: str = "sgd"
   learning_rate: float = 0.1
   momentum: float = 0.9
   nesterov: bool = False
   weight_decay: float = 5e-4
+
+  def shared_options(self) -> dict[str, Any]:
+    """The options every sharpness-aware transform takes, as its keyword arguments."""
+    return {"rho": self.rho, "adaptive": self.adaptive, "eta": self.eta,
+            "group_size": self.group_size, "groups_in_parallel": self.groups_in_parallel}
+
+
+@dataclasses.dataclass(frozen=True)
+class PenaltyConfig:
+  """Baek et al.'s explicit regulariser on the loss (:mod:`samx.penalties`), with any method.
+
+  The loss becomes ``cross-entropy + feature_coef * mean_i ||phi(x_i)||^2 / 2 + weight_coef *
+  ||V||^2 / 2``, with ``phi`` the penultimate features and ``V`` the last layer's kernel; a
+  sharpness-aware method then works on that regularised loss (at ``w`` and at ``w + eps``).
+  ``sgd`` with the penalty is the paper's cheap alternative to SAM (one gradient per step).
+
+  Attributes:
+    feature_coef: the coefficient of the penultimate features' squared norm (0: off).
+    weight_coef: the coefficient of the last layer's squared weights (0: off).
+  """
+
+  feature_coef: float = 0.0
+  weight_coef: float = 0.0
+
+  @property
+  def active(self) -> bool:
+    return self.feature_coef != 0.0 or self.weight_coef != 0.0
+
+
+# What ``optimizer.name=penalty`` sets when the penalty section is still off.
+PENALTY_SHORTHAND = PenaltyConfig(feature_coef=1e-3, weight_coef=1e-3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +191,10 @@ class ScheduleConfig:
 class Config:
   """One training run.
 
+  Sections: ``data``, ``noise``, ``model``, ``optimizer`` (the method and the base optimizer),
+  one section per method with options of its own (``saner``, ``gsam``), ``penalty`` (a
+  regulariser for any method) and ``schedule``.
+
   Attributes:
     epochs: passes over the training set.
     batch_size: the global batch (split over the devices of the mesh).
@@ -190,6 +214,9 @@ class Config:
   noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  saner: SANERConfig = dataclasses.field(default_factory=SANERConfig)
+  gsam: GSAMConfig = dataclasses.field(default_factory=GSAMConfig)
+  penalty: PenaltyConfig = dataclasses.field(default_factory=PenaltyConfig)
   schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
   epochs: int = 10
   batch_size: int = 128
@@ -288,11 +315,23 @@ def _describe(tp: Any, optional: bool) -> str:
   return text + (" or none" if optional else "")
 
 
+# Keys of earlier versions, when every method's options sat in the optimizer section: each
+# still works on the command line and in stored configs, and sets its new key(s).
+LEGACY_KEYS = {
+    "optimizer.alpha": ("saner.alpha",),
+    "optimizer.warmup_epochs": ("saner.warmup_epochs",),
+    "optimizer.gsam_alpha": ("gsam.alpha", "saner.gsam_alpha"),
+    "optimizer.feature_coef": ("penalty.feature_coef",),
+    "optimizer.weight_coef": ("penalty.weight_coef",),
+}
+
+
 def override(config: Config, assignments: Iterable[str]) -> Config:
   """``config`` with each ``"section.field=value"`` (or ``"field=value"``) applied in order.
 
-  ``data.options.NAME=value`` sets one generator option. Raises :class:`ConfigError` naming
-  the key for an unknown key or a value of the wrong type.
+  ``data.options.NAME=value`` sets one generator option; ``optimizer.name=penalty`` is short
+  for ``optimizer.name=sgd`` with the penalty section's coefficients (1e-3 each, unless set).
+  Raises :class:`ConfigError` naming the key for an unknown key or a value of the wrong type.
   """
   for assignment in assignments:
     key, sep, text = assignment.partition("=")
@@ -303,11 +342,21 @@ def override(config: Config, assignments: Iterable[str]) -> Config:
   return config
 
 
-def _assign(config: Config, key: str, text: str) -> Config:
+def _assign(config: Config, key: str, value: Any) -> Config:
+  """``config`` with ``key`` set to ``value`` (a string from the command line, or a JSON value)."""
+  if key in LEGACY_KEYS:
+    for new_key in LEGACY_KEYS[key]:
+      config = _assign(config, new_key, value)
+    return config
   parts = key.split(".")
   if parts[:2] == ["data", "options"] and len(parts) == 3:
-    options = {**config.data.options, parts[2]: _parse_scalar(text)}
+    parsed = _parse_scalar(value) if isinstance(value, str) else value
+    options = {**config.data.options, parts[2]: parsed}
     return dataclasses.replace(config, data=dataclasses.replace(config.data, options=options))
+  if key == "optimizer.name" and value == "penalty":
+    penalty = config.penalty if config.penalty.active else PENALTY_SHORTHAND
+    config = dataclasses.replace(config, penalty=penalty)
+    value = "sgd"
   top = _field_types(Config)
   sections = {name for name, tp in top.items() if dataclasses.is_dataclass(tp)}
   if len(parts) == 1:
@@ -315,13 +364,13 @@ def _assign(config: Config, key: str, text: str) -> Config:
       scalars = sorted(set(top) - sections)
       raise ConfigError(f"unknown key {key!r}; top-level keys: {', '.join(scalars)}; sections: "
                         f"{', '.join(sorted(sections))}.")
-    return dataclasses.replace(config, **{parts[0]: _convert(key, text, top[parts[0]])})
+    return dataclasses.replace(config, **{parts[0]: _convert(key, value, top[parts[0]])})
   if len(parts) == 2 and parts[0] in sections:
     section = getattr(config, parts[0])
     fields = _field_types(type(section))
     if parts[1] not in fields:
       raise ConfigError(f"unknown key {key!r}; {parts[0]} accepts: {', '.join(fields)}.")
-    section = dataclasses.replace(section, **{parts[1]: _convert(key, text, fields[parts[1]])})
+    section = dataclasses.replace(section, **{parts[1]: _convert(key, value, fields[parts[1]])})
     return dataclasses.replace(config, **{parts[0]: section})
   raise ConfigError(f"unknown key {key!r}; keys look like 'epochs' or 'optimizer.rho' (sections: "
                     f"{', '.join(sorted(sections))}).")
@@ -333,22 +382,34 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-  """The inverse of :func:`to_dict`; unknown keys raise :class:`ConfigError`."""
-  kwargs = {}
-  top = _field_types(Config)
+  """The inverse of :func:`to_dict`; unknown keys raise :class:`ConfigError`.
+
+  Configs stored by earlier versions (every method's options in the ``optimizer`` section)
+  are read as they were meant: their ``optimizer.name=penalty`` becomes ``sgd`` with the
+  penalty section, and the penalty coefficients of other methods, which they ignored, are
+  dropped.
+  """
+  config = Config()
   for name, value in values.items():
-    if name not in top:
-      raise ConfigError(f"unknown key {name!r} in the configuration.")
-    tp = top[name]
-    if dataclasses.is_dataclass(tp):
-      fields = _field_types(tp)
-      unknown = set(value) - set(fields)
-      if unknown:
-        raise ConfigError(f"unknown key {name}.{sorted(unknown)[0]} in the configuration.")
-      kwargs[name] = tp(**{k: _convert(f"{name}.{k}", v, fields[k]) for k, v in value.items()})
+    if isinstance(value, dict) and name != "data":
+      stored = dict(value)
+      if name == "optimizer" and stored.get("name") != "penalty":
+        for unused in ("feature_coef", "weight_coef"):
+          stored.pop(unused, None)
+      for field, field_value in stored.items():
+        config = _assign(config, f"{name}.{field}", field_value)
+    elif name == "data" and isinstance(value, dict):
+      options = value.get("options", {})
+      rest = {k: v for k, v in value.items() if k != "options"}
+      for field, field_value in rest.items():
+        config = _assign(config, f"data.{field}", field_value)
+      if not isinstance(options, dict):
+        raise ConfigError(f"data.options must be a JSON object; got {options!r}.")
+      config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                    options=dict(options)))
     else:
-      kwargs[name] = _convert(name, value, tp)
-  return Config(**kwargs)
+      config = _assign(config, name, value)
+  return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,16 +427,47 @@ def _known_dataset(name: str) -> bool:
   return name in fixed or (name.startswith(("folder:", "tfds:")) and len(name.split(":", 1)[1]) > 0)
 
 
+def method_section(config: Config) -> Any:
+  """The config section of ``config.optimizer.name``'s own options (``None`` if it has none)."""
+  section = method(config.optimizer.name).section
+  return None if section is None else getattr(config, section)
+
+
+def _non_finite_number(config: Config) -> tuple[str, float] | None:
+  """The first float field (``key``, value) of ``config`` that is NaN or infinite."""
+  def fields(obj, prefix):
+    for field in dataclasses.fields(obj):
+      value = getattr(obj, field.name)
+      if dataclasses.is_dataclass(value):
+        yield from fields(value, f"{field.name}.")
+      elif isinstance(value, tuple):
+        yield from ((f"{prefix}{field.name}", v) for v in value)
+      else:
+        yield f"{prefix}{field.name}", value
+
+  for key, value in fields(config, ""):
+    if isinstance(value, float) and not math.isfinite(value):
+      return key, value
+  return None
+
+
 def validate(config: Config, *, device_count: int | None = None) -> Config:
-  """Checks ``config``; raises :class:`ConfigError` naming the first bad key. Returns it."""
+  """Checks ``config``; raises :class:`ConfigError` naming the first bad key. Returns it.
+
+  The method's own options are checked by building its transform (the transforms' checks,
+  reported with the config key).
+  """
   d, n, m, o, s = config.data, config.noise, config.model, config.optimizer, config.schedule
+  bad = _non_finite_number(config)
+  if bad is not None:
+    raise ConfigError(f"{bad[0]} must be a finite number; got {bad[1]!r}.")
   _check(_known_dataset(d.name), "data.name", f"one of {', '.join(DATASETS)}", d.name)
   for key, value in (("data.train_examples", d.train_examples),
                      ("data.test_examples", d.test_examples),
                      ("train_eval_examples", config.train_eval_examples)):
     _check(value is None or value >= 1, key, "a positive integer or none", value)
   _check(n.kind in NOISE_KINDS, "noise.kind", f"one of {', '.join(NOISE_KINDS)}", n.kind)
-  _check(math.isfinite(n.rate) and 0.0 <= n.rate < 1.0, "noise.rate", "in [0, 1)", n.rate)
+  _check(0.0 <= n.rate < 1.0, "noise.rate", "in [0, 1)", n.rate)
   _check(n.kind in ("none", "file") or n.rate > 0, "noise.rate",
          f"> 0 for noise.kind={n.kind}", n.rate)
   _check(n.kind != "none" or n.rate == 0.0, "noise.rate", "0 when noise.kind=none (set "
@@ -390,21 +482,14 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "model.depth", "6k + 4 with k >= 1", m.depth)
   _check(m.widen_factor >= 1, "model.widen_factor", ">= 1", m.widen_factor)
   _check(m.filters_per_sign >= 1, "model.filters_per_sign", ">= 1", m.filters_per_sign)
-  _check(o.name in OPTIMIZERS, "optimizer.name", f"one of {', '.join(OPTIMIZERS)}", o.name)
-  _check(math.isfinite(o.rho) and o.rho >= 0, "optimizer.rho", ">= 0", o.rho)
-  _check(o.group_size is None or o.group_size >= 1, "optimizer.group_size",
-         "a positive integer or none", o.group_size)
-  _check(o.groups_in_parallel is None or o.groups_in_parallel >= 1,
-         "optimizer.groups_in_parallel", "a positive integer or none", o.groups_in_parallel)
-  _check(o.groups_in_parallel is None or o.group_size is not None,
-         "optimizer.groups_in_parallel", "none unless optimizer.group_size is set",
-         o.groups_in_parallel)
-  _check(o.eta >= 0, "optimizer.eta", ">= 0", o.eta)
-  _check(0 <= o.alpha <= 1, "optimizer.alpha", "in [0, 1]", o.alpha)
-  _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", ">= 0", o.warmup_epochs)
-  _check(o.gsam_alpha >= 0, "optimizer.gsam_alpha", ">= 0", o.gsam_alpha)
-  _check(o.feature_coef >= 0, "optimizer.feature_coef", ">= 0", o.feature_coef)
-  _check(o.weight_coef >= 0, "optimizer.weight_coef", ">= 0", o.weight_coef)
+  _check(o.name in OPTIMIZERS, "optimizer.name",
+         f"one of {', '.join(OPTIMIZERS)} (or penalty: sgd with the penalty section)", o.name)
+  transform = build_transform(o.name, o.shared_options(), method_section(config),
+                              steps_per_epoch=1)
+  _check(config.penalty.feature_coef >= 0, "penalty.feature_coef", ">= 0",
+         config.penalty.feature_coef)
+  _check(config.penalty.weight_coef >= 0, "penalty.weight_coef", ">= 0",
+         config.penalty.weight_coef)
   _check(o.base in BASE_OPTIMIZERS, "optimizer.base", f"one of {', '.join(BASE_OPTIMIZERS)}",
          o.base)
   _check(o.learning_rate > 0, "optimizer.learning_rate", "> 0", o.learning_rate)
@@ -431,10 +516,7 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
            config.batch_size)
     _check(config.eval_batch_size % used == 0, "eval_batch_size",
            f"divisible by the {used} devices", config.eval_batch_size)
-  if o.group_size is not None and o.name not in ("sgd", "penalty"):
+  if o.group_size is not None and transform is not None:
     _check(config.batch_size % o.group_size == 0, "optimizer.group_size",
            f"a divisor of batch_size={config.batch_size}", o.group_size)
-  if o.name == "gsam":
-    _check(o.gsam_alpha > 0, "optimizer.gsam_alpha", "> 0 for optimizer.name=gsam",
-           o.gsam_alpha)
   return config

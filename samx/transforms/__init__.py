@@ -3,17 +3,22 @@
 Each transform is three small parts: how the ascent step is chosen (``_perturbation``: SAM,
 ASAM), how the gradient at the perturbed point is formed (``_perturbed_gradient``: whole batch
 or per group; ``_decomposition``: whole, logit term only, Jacobian only), and how it is
-combined with the clean gradient (``_combination``: as is, GSAM, SANER).
+combined with the clean gradient (``_combination``: as is, GSAM, SANER). ``_sharpness_aware``
+puts the three together into one optax transform, given the options all of them share; a bad
+argument raises :class:`ArgumentError` (``_arguments``), a ``ValueError`` naming the argument.
 """
 
+from samx.transforms._arguments import ArgumentError
 from samx.transforms._combination import GroupFractions
 from samx.transforms._gsam import GSAMState, gsam
 from samx.transforms._logit_jacobian_sam import jacobian_sam, logit_sam
 from samx.transforms._objective import Objective
-from samx.transforms._sam import SAMState, sam
+from samx.transforms._sam import sam
 from samx.transforms._saner import SANERState, linear_beta_schedule, saner
+from samx.transforms._sharpness_aware import SAMState
 
 __all__ = [
+    "ArgumentError",
     "GSAMState",
     "GroupFractions",
     "Objective",

@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, NamedTuple
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import optax
 
+from samx.transforms._arguments import check_number
 from samx.transforms._combination import gsam_combination
-from samx.transforms._objective import Objective
 from samx.transforms._sharpness_aware import (
+    Combination,
+    SAMOptions,
+    SAMState,
     ScalarOrSchedule,
-    check_number,
-    next_count,
-    sharpness_aware_gradient,
+    sharpness_aware_transform,
     value_at,
 )
 
 PyTree = Any
 
-
-class GSAMState(NamedTuple):
-  """State of :func:`gsam`.
-
-  Attributes:
-    count: the number of updates taken so far (int32); schedules are evaluated at it.
-  """
-
-  count: jax.Array
+#: An alias of :class:`SAMState`, kept for compatibility: :func:`gsam` keeps the same state as
+#: :func:`samx.sam` (the step count), so ``samx.GSAMState`` is ``samx.SAMState``.
+GSAMState = SAMState
 
 
 def gsam(
@@ -62,12 +55,8 @@ def gsam(
   Args:
     rho: the ascent radius, a number >= 0 or an optax schedule of the step count.
     alpha: the weight of the surrogate-gap descent, a number >= 0 or a schedule.
-    adaptive: use ASAM's ascent step (``T = |w| + eta``).
-    eta: ASAM's offset.
-    group_size: examples per group for m-sharpness (``None``: the whole batch).
-    groups_in_parallel: with ``group_size``, how many groups are vmapped at once.
-    groups_unroll: the ``unroll`` of the scan over chunks of groups (see :func:`samx.sam`).
-    axis_name: the ``pmap``/``shard_map`` axis to average the gradients over.
+    adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name: as in
+      :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``.
@@ -89,23 +78,11 @@ def gsam(
     >>> updates.shape
     (2,)
   """
-  check_number("alpha", alpha, transform="samx.gsam")
-  sharpness_aware = sharpness_aware_gradient(
-      "samx.gsam", rho, adaptive=adaptive, eta=eta, group_size=group_size,
-      groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
-      axis_name=axis_name)
+  name = "samx.gsam"
+  check_number("alpha", alpha, transform=name)
 
-  def init_fn(params: PyTree) -> GSAMState:
-    del params
-    return GSAMState(count=jnp.zeros([], jnp.int32))
+  def combine(clean: PyTree, perturbed: PyTree, state: SAMState) -> tuple[PyTree, SAMState]:
+    return gsam_combination(clean, perturbed, value_at(alpha, state.count)), state
 
-  def update_fn(
-      updates: PyTree, state: GSAMState, params: PyTree | None = None, *,
-      objective: Objective | None = None, **extra_args: Any,
-  ) -> tuple[PyTree, GSAMState]:
-    del extra_args
-    clean, perturbed = sharpness_aware(updates, params, objective, state.count)
-    combined = gsam_combination(clean, perturbed, value_at(alpha, state.count))
-    return combined, GSAMState(count=next_count(state.count))
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name)
+  return sharpness_aware_transform(name, rho, options, combination=Combination(SAMState, combine))

@@ -7,8 +7,7 @@ from collections.abc import Hashable
 import optax
 
 from samx.transforms._decomposition import jacobian_perturbed_loss, logit_perturbed_loss
-from samx.transforms._sam import perturbed_gradient_transform
-from samx.transforms._sharpness_aware import ScalarOrSchedule
+from samx.transforms._sharpness_aware import SAMOptions, ScalarOrSchedule, sharpness_aware_transform
 
 
 def logit_sam(
@@ -60,10 +59,9 @@ def logit_sam(
     >>> updates.shape
     (2,)
   """
-  return perturbed_gradient_transform(
-      "samx.logit_sam", rho, perturbed_loss=logit_perturbed_loss, adaptive=adaptive, eta=eta,
-      group_size=group_size, groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
-      axis_name=axis_name)
+  options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name)
+  return sharpness_aware_transform("samx.logit_sam", rho, options,
+                                   perturbed_loss=logit_perturbed_loss)
 
 
 def jacobian_sam(
@@ -112,8 +110,6 @@ def jacobian_sam(
     >>> bool(jnp.allclose(updates, grads))     # so J-SAM is plain SGD here
     True
   """
-  return perturbed_gradient_transform(
-      "samx.jacobian_sam", rho, perturbed_loss=jacobian_perturbed_loss, adaptive=adaptive,
-      eta=eta,
-      group_size=group_size, groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
-      axis_name=axis_name)
+  options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name)
+  return sharpness_aware_transform("samx.jacobian_sam", rho, options,
+                                   perturbed_loss=jacobian_perturbed_loss)

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from samx.transforms import _tree
 
@@ -33,8 +34,8 @@ def asam_perturbation(eta: float) -> Perturbation:
 
   def perturb(grads: PyTree, params: PyTree, rho: jax.Array) -> PyTree:
     scale_w = jax.tree.map(lambda w: jnp.abs(w) + eta, params)
-    scaled_grads = jax.tree.map(jnp.multiply, scale_w, grads)
-    direction = jax.tree.map(jnp.multiply, scale_w, scaled_grads)
+    scaled_grads = optax.tree_utils.tree_mul(scale_w, grads)
+    direction = optax.tree_utils.tree_mul(scale_w, scaled_grads)
     return _step_of_length(rho, direction, _tree.global_norm(scaled_grads))
 
   return perturb

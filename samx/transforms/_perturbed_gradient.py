@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from samx.transforms import _tree
 from samx.transforms._objective import Objective, as_varying
@@ -50,9 +51,9 @@ def _sum_over_chunks(
   def add_chunk(total, chunk):
     return jax.tree.map(lambda t, r: t + r.astype(jnp.float32), total, chunk_fn(chunk)), None
 
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), result_shape)
+  zeros = optax.tree_utils.tree_zeros_like(result_shape, dtype=jnp.float32)
   total, _ = jax.lax.scan(add_chunk, zeros, chunked, unroll=unroll)
-  return jax.tree.map(lambda t, s: t.astype(s.dtype), total, result_shape)
+  return optax.tree_utils.tree_cast_like(total, result_shape)
 
 
 def clean_and_perturbed_gradients(

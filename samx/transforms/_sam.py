@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import optax
 
-from samx.transforms._objective import Objective
-from samx.transforms._perturbed_gradient import PerturbedLoss, loss_at_perturbation
-from samx.transforms._sharpness_aware import ScalarOrSchedule, next_count, sharpness_aware_gradient
-
-PyTree = Any
-
-
-class SAMState(NamedTuple):
-  """State of :func:`sam`.
-
-  Attributes:
-    count: the number of updates taken so far (int32); schedules for ``rho`` are evaluated at it.
-  """
-
-  count: jax.Array
+from samx.transforms._sharpness_aware import SAMOptions, ScalarOrSchedule, sharpness_aware_transform
 
 
 def sam(
@@ -106,33 +89,5 @@ def sam(
     >>> print(f"{objective.loss(params):.3f}")
     0.060
   """
-  return perturbed_gradient_transform(
-      "samx.sam", rho, adaptive=adaptive, eta=eta, group_size=group_size,
-      groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll, axis_name=axis_name)
-
-
-def perturbed_gradient_transform(
-    transform: str, rho: ScalarOrSchedule, *,
-    perturbed_loss: PerturbedLoss = loss_at_perturbation, **options: Any,
-) -> optax.GradientTransformationExtraArgs:
-  """A transform that returns the perturbed gradient as it is (SAM, L-SAM, J-SAM).
-
-  ``perturbed_loss`` says how the gradient at ``w + eps`` is formed; ``options`` are those of
-  :func:`sam`.
-  """
-  sharpness_aware = sharpness_aware_gradient(transform, rho, perturbed_loss=perturbed_loss,
-                                             **options)
-
-  def init_fn(params: PyTree) -> SAMState:
-    del params
-    return SAMState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(
-      updates: PyTree, state: SAMState, params: PyTree | None = None, *,
-      objective: Objective | None = None, **extra_args: Any,
-  ) -> tuple[PyTree, SAMState]:
-    del extra_args
-    _, perturbed = sharpness_aware(updates, params, objective, state.count)
-    return perturbed, SAMState(count=next_count(state.count))
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name)
+  return sharpness_aware_transform("samx.sam", rho, options)

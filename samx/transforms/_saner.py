@@ -9,14 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from samx.transforms._arguments import ArgumentError, check_count, check_flag, check_number
 from samx.transforms._combination import GroupFractions, gsam_combination, saner_reweighting
-from samx.transforms._objective import Objective
 from samx.transforms._sharpness_aware import (
+    Combination,
+    SAMOptions,
     ScalarOrSchedule,
-    check_count,
-    check_number,
-    next_count,
-    sharpness_aware_gradient,
+    sharpness_aware_transform,
     value_at,
 )
 
@@ -100,12 +99,8 @@ def saner(
       ``g_sam - gsam_alpha * g_perp`` (see :func:`samx.gsam`); 0 (the default) is plain SAM.
     track_groups: record the group fractions in the state. They cost one more pass over
       ``g`` and ``g_v``, which shows on small, memory-bound models; ``False`` skips it.
-    adaptive: use ASAM's ascent step (``T = |w| + eta``).
-    eta: ASAM's offset.
-    group_size: examples per group for m-sharpness (``None``: the whole batch).
-    groups_in_parallel: with ``group_size``, how many groups are vmapped at once.
-    groups_unroll: the ``unroll`` of the scan over chunks of groups (see :func:`samx.sam`).
-    axis_name: the ``pmap``/``shard_map`` axis to average the gradients over.
+    adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name: as in
+      :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``, with a
@@ -130,47 +125,51 @@ def saner(
     1.0
   """
   name = "samx.saner"
-  if beta_schedule is None:
-    check_number("alpha", alpha, allow_schedule=False, transform=name)
-    if warmup_steps is None:
-      raise ValueError(
-          f"{name}: `warmup_steps` is required (steps over which beta goes from 1 to alpha; "
-          "0 for alpha at once), unless `beta_schedule` is given.")
-    check_count("warmup_steps", warmup_steps, minimum=0, allow_none=False, transform=name)
-    beta_schedule = linear_beta_schedule(alpha, warmup_steps)
-  elif not callable(beta_schedule):
-    raise ValueError(f"{name}: `beta_schedule` must be a callable of the step count; got "
-                     f"{beta_schedule!r}.")
-  elif warmup_steps is not None:
-    raise ValueError(f"{name}: give either `warmup_steps` (with `alpha`) or `beta_schedule`, "
-                     "not both.")
+  beta_schedule = _checked_beta_schedule(alpha, warmup_steps, beta_schedule, transform=name)
   check_number("gsam_alpha", gsam_alpha, transform=name)
-  if not isinstance(track_groups, bool):
-    raise ValueError(f"{name}: `track_groups` must be True or False; got {track_groups!r}.")
-  sharpness_aware = sharpness_aware_gradient(
-      name, rho, adaptive=adaptive, eta=eta, group_size=group_size,
-      groups_in_parallel=groups_in_parallel, groups_unroll=groups_unroll,
-      axis_name=axis_name)
+  check_flag("track_groups", track_groups, transform=name)
 
-  def init_fn(params: PyTree) -> SANERState:
-    del params
+  def init(count: jax.Array) -> SANERState:
     zero = jnp.zeros([], jnp.float32)
-    return SANERState(count=jnp.zeros([], jnp.int32), beta=jnp.ones([], jnp.float32),
+    return SANERState(count=count, beta=jnp.ones([], jnp.float32),
                       group_fractions=GroupFractions(zero, zero, zero))
 
-  def update_fn(
-      updates: PyTree, state: SANERState, params: PyTree | None = None, *,
-      objective: Objective | None = None, **extra_args: Any,
-  ) -> tuple[PyTree, SANERState]:
-    del extra_args
-    clean, variant = sharpness_aware(updates, params, objective, state.count)
+  def combine(clean: PyTree, variant: PyTree, state: SANERState) -> tuple[PyTree, SANERState]:
     if callable(gsam_alpha) or gsam_alpha:
       variant = gsam_combination(clean, variant, value_at(gsam_alpha, state.count))
     beta = value_at(beta_schedule, state.count)
     reweighted, fractions = saner_reweighting(clean, variant, beta, track_groups=track_groups)
     if fractions is None:
       fractions = state.group_fractions
-    return reweighted, SANERState(count=next_count(state.count),
-                                  beta=jnp.asarray(beta, jnp.float32), group_fractions=fractions)
+    return reweighted, state._replace(beta=jnp.asarray(beta, jnp.float32),
+                                      group_fractions=fractions)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name)
+  return sharpness_aware_transform(name, rho, options, combination=Combination(init, combine))
+
+
+def _checked_beta_schedule(
+    alpha: float, warmup_steps: int | None,
+    beta_schedule: Callable[[jax.Array], jax.Array] | None, *, transform: str,
+) -> Callable[[jax.Array], jax.Array]:
+  """SANER's schedule of ``beta``: ``beta_schedule``, or the linear one of ``alpha`` and
+  ``warmup_steps``; raises an :class:`ArgumentError` unless exactly one of them is given."""
+  if beta_schedule is None:
+    check_number("alpha", alpha, allow_schedule=False, transform=transform)
+    if warmup_steps is None:
+      raise ArgumentError(
+          "warmup_steps",
+          f"{transform}: `warmup_steps` is required (steps over which beta goes from 1 to alpha; "
+          "0 for alpha at once), unless `beta_schedule` is given.")
+    check_count("warmup_steps", warmup_steps, minimum=0, allow_none=False, transform=transform)
+    return linear_beta_schedule(alpha, warmup_steps)
+  if not callable(beta_schedule):
+    raise ArgumentError(
+        "beta_schedule",
+        f"{transform}: `beta_schedule` must be a callable of the step count; got "
+        f"{beta_schedule!r}.")
+  if warmup_steps is not None:
+    raise ArgumentError(
+        "warmup_steps",
+        f"{transform}: give either `warmup_steps` (with `alpha`) or `beta_schedule`, not both.")
+  return beta_schedule

@@ -1,17 +1,22 @@
-"""What every SAM-family transform shares: argument checks, schedules, and the gradient step."""
+"""What every SAM-family transform shares: its options, its state, and the transform itself.
+
+A SAM-family transform is :func:`sharpness_aware_transform` given three things: the options of
+:func:`samx.sam` (:class:`SAMOptions`), how the gradient at ``w + eps`` is formed (a
+``PerturbedLoss``), and how that gradient is combined with the clean one (a
+:class:`Combination`, which also says what the transform keeps in its state).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from samx.transforms._arguments import ArgumentError, check_count, check_flag, check_number
 from samx.transforms._objective import Objective
 from samx.transforms._perturbation import Perturbation, asam_perturbation, sam_perturbation
 from samx.transforms._perturbed_gradient import (
@@ -24,120 +29,154 @@ PyTree = Any
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 
 
-def check_number(
-    name: str, value: Any, *, minimum: float = 0.0, allow_schedule: bool = True,
-    transform: str = "samx",
-) -> None:
-  """Raises a ValueError naming ``name`` unless ``value`` is a finite number >= ``minimum``.
-
-  A callable (an optax schedule of the step count) is accepted when ``allow_schedule``.
-  """
-  if allow_schedule and callable(value):
-    return
-  accepted = f"a finite number >= {minimum}" + (
-      " or an optax schedule (a callable of the step count)" if allow_schedule else "")
-  is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-  if not is_number and isinstance(value, jax.Array | jnp.ndarray) and jnp.ndim(value) == 0:
-    is_number, value = True, float(value)
-  if not is_number or not math.isfinite(value) or value < minimum:
-    raise ValueError(f"{transform}: `{name}` must be {accepted}; got {value!r}.")
-
-
-def check_count(name: str, value: Any, *, minimum: int, allow_none: bool,
-                transform: str = "samx") -> None:
-  """Raises a ValueError naming ``name`` unless ``value`` is an int >= ``minimum`` (or None)."""
-  if value is None and allow_none:
-    return
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    accepted = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-    raise ValueError(f"{transform}: `{name}` must be {accepted}; got {value!r}.")
-
-
 def value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
   """A number (kept weakly typed, so it takes the parameters' precision), or a schedule
   evaluated at ``count``."""
   return jnp.asarray(value(count)) if callable(value) else value
 
 
-def next_count(count: jax.Array) -> jax.Array:
-  """``count + 1``, saturating instead of overflowing int32."""
-  return optax.safe_increment(count)
-
-
 @dataclasses.dataclass(frozen=True)
-class SharpnessAwareGradient:
-  """The shared first half of every SAM-family step: ``(g, g_sam)`` from ``(grads, objective)``.
+class SAMOptions:
+  """The options every SAM-family transform shares, documented in :func:`samx.sam`.
 
-  Built by :func:`sharpness_aware_gradient`, which checks the arguments once, when the
-  transform is made.
+  Checked by :func:`check_options` when the transform is built.
   """
 
-  transform: str
-  rho: ScalarOrSchedule
-  perturbation: Perturbation
-  perturbed_loss: PerturbedLoss
+  adaptive: bool
+  eta: float
   group_size: int | None
   groups_in_parallel: int | None
   groups_unroll: int | bool
   axis_name: Hashable | None
 
-  def __call__(
-      self, grads: PyTree, params: PyTree | None, objective: Objective | None, count: jax.Array
-  ) -> tuple[PyTree, PyTree]:
-    if objective is None:
-      raise ValueError(
-          f"{self.transform} needs the objective: call "
-          "`tx.update(grads, state, params, objective=samx.Objective(apply_fn, loss_fn, inputs, "
-          "targets))`.")
-    if not isinstance(objective, Objective):
-      raise ValueError(
-          f"{self.transform}: `objective` must be a samx.Objective; got "
-          f"{type(objective).__name__}.")
-    if params is None:
-      raise ValueError(
-          f"{self.transform} needs the current parameters: call "
-          "`tx.update(grads, state, params, objective=...)`.")
-    return clean_and_perturbed_gradients(
-        objective, params, grads, value_at(self.rho, count),
-        perturbation=self.perturbation, perturbed_loss=self.perturbed_loss,
-        group_size=self.group_size, groups_in_parallel=self.groups_in_parallel,
-        groups_unroll=self.groups_unroll, axis_name=self.axis_name)
+  @property
+  def perturbation(self) -> Perturbation:
+    """ASAM's ascent step if ``adaptive``, else SAM's."""
+    return asam_perturbation(self.eta) if self.adaptive else sam_perturbation
 
 
-def sharpness_aware_gradient(
+def check_options(options: SAMOptions, *, transform: str) -> None:
+  """Raises an :class:`ArgumentError` naming the first bad option of ``options``."""
+  check_number("eta", options.eta, allow_schedule=False, transform=transform)
+  check_flag("adaptive", options.adaptive, transform=transform)
+  check_count("group_size", options.group_size, minimum=1, allow_none=True, transform=transform)
+  check_count("groups_in_parallel", options.groups_in_parallel, minimum=1, allow_none=True,
+              transform=transform)
+  if not isinstance(options.groups_unroll, bool):
+    check_count("groups_unroll", options.groups_unroll, minimum=1, allow_none=False,
+                transform=transform)
+  if options.groups_in_parallel is not None and options.group_size is None:
+    raise ArgumentError(
+        "groups_in_parallel", f"{transform}: `groups_in_parallel` needs `group_size` to be set.")
+  if options.axis_name is not None and not isinstance(options.axis_name, Hashable):
+    raise ArgumentError(
+        "axis_name",
+        f"{transform}: `axis_name` must be a mesh or pmap axis name; got {options.axis_name!r}.")
+
+
+class SAMState(NamedTuple):
+  """State of :func:`samx.sam`, and of every variant that keeps nothing more than the count.
+
+  That is :func:`samx.gsam` (``samx.GSAMState`` is an alias of this class),
+  :func:`samx.logit_sam` and :func:`samx.jacobian_sam`.
+
+  Attributes:
+    count: the number of updates taken so far (int32); schedules (``rho``, GSAM's ``alpha``)
+      are evaluated at it.
+  """
+
+  count: jax.Array
+
+
+class Combination(NamedTuple):
+  """How a transform turns the clean and the perturbed gradient into its update.
+
+  Attributes:
+    init: ``count -> state``: the transform's state before its first update, given the step
+      count (a zero int32). The state is a NamedTuple with a ``count`` field.
+    update: ``(g, g_sam, state) -> (update, state)``, with ``g`` the clean gradient, ``g_sam``
+      the perturbed one and ``state.count`` the current step; the transform advances the count
+      of the returned state.
+  """
+
+  init: Callable[[jax.Array], Any]
+  update: Callable[[PyTree, PyTree, Any], tuple[PyTree, Any]]
+
+
+def _perturbed_as_is(clean: PyTree, perturbed: PyTree, state: SAMState) -> tuple[PyTree, SAMState]:
+  """SAM's rule: the update is the perturbed gradient itself."""
+  del clean
+  return perturbed, state
+
+
+#: The combination of SAM, L-SAM and J-SAM: ``update = g_sam``, with a :class:`SAMState`.
+PERTURBED_AS_IS = Combination(init=SAMState, update=_perturbed_as_is)
+
+
+def _check_update_arguments(
+    transform: str, params: PyTree | None, objective: Objective | None
+) -> None:
+  """Explains the call if ``update`` was not given the objective and the parameters."""
+  if objective is None:
+    raise ValueError(
+        f"{transform} needs the objective: call "
+        "`tx.update(grads, state, params, objective=samx.Objective(apply_fn, loss_fn, inputs, "
+        "targets))`.")
+  if not isinstance(objective, Objective):
+    raise ValueError(
+        f"{transform}: `objective` must be a samx.Objective; got {type(objective).__name__}.")
+  if params is None:
+    raise ValueError(
+        f"{transform} needs the current parameters: call "
+        "`tx.update(grads, state, params, objective=...)`.")
+
+
+def sharpness_aware_transform(
     transform: str,
     rho: ScalarOrSchedule,
+    options: SAMOptions,
     *,
-    adaptive: bool = False,
-    eta: float = 0.01,
-    group_size: int | None = None,
-    groups_in_parallel: int | None = None,
-    groups_unroll: int | bool = True,
-    axis_name: Hashable | None = None,
     perturbed_loss: PerturbedLoss = loss_at_perturbation,
-) -> SharpnessAwareGradient:
-  """Checks the options every SAM-family transform shares and bundles them."""
+    combination: Combination = PERTURBED_AS_IS,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The optax transform of every SAM-family method.
+
+  Each ``update(grads, state, params, *, objective)`` forms the clean gradient :math:`g` and
+  the perturbed gradient :math:`g_{sam}` (the gradient of ``perturbed_loss`` at
+  :math:`w + \epsilon`, :math:`\epsilon` from ``rho`` and ``options``; see
+  ``clean_and_perturbed_gradients``), returns ``combination.update(g, g_sam, state)`` and
+  advances the step count, saturating at the largest int32.
+
+  Args:
+    transform: the public name, e.g. ``"samx.sam"``, for error messages.
+    rho: the ascent radius, a number >= 0 or an optax schedule of the step count.
+    options: the options of :func:`samx.sam`, checked here.
+    perturbed_loss: how the gradient at ``w + eps`` is formed (SAM's: ``L(w + eps)``).
+    combination: how ``(g, g_sam)`` becomes the update, and the state kept (SAM's: ``g_sam``).
+
+  Raises:
+    ArgumentError: naming the first bad argument among ``rho`` and ``options``.
+  """
   check_number("rho", rho, transform=transform)
-  check_number("eta", eta, allow_schedule=False, transform=transform)
-  if not isinstance(adaptive, bool):
-    raise ValueError(f"{transform}: `adaptive` must be True or False; got {adaptive!r}.")
-  check_count("group_size", group_size, minimum=1, allow_none=True, transform=transform)
-  check_count("groups_in_parallel", groups_in_parallel, minimum=1, allow_none=True,
-              transform=transform)
-  if not isinstance(groups_unroll, bool):
-    check_count("groups_unroll", groups_unroll, minimum=1, allow_none=False, transform=transform)
-  if groups_in_parallel is not None and group_size is None:
-    raise ValueError(f"{transform}: `groups_in_parallel` needs `group_size` to be set.")
-  if axis_name is not None and not isinstance(axis_name, Hashable):
-    raise ValueError(
-        f"{transform}: `axis_name` must be a mesh or pmap axis name; got {axis_name!r}.")
-  return SharpnessAwareGradient(
-      transform=transform,
-      rho=rho,
-      perturbation=asam_perturbation(eta) if adaptive else sam_perturbation,
-      perturbed_loss=perturbed_loss,
-      group_size=group_size,
-      groups_in_parallel=groups_in_parallel,
-      groups_unroll=groups_unroll,
-      axis_name=axis_name,
-  )
+  check_options(options, transform=transform)
+  perturbation = options.perturbation
+
+  def init_fn(params: PyTree) -> Any:
+    del params
+    return combination.init(jnp.zeros([], jnp.int32))
+
+  def update_fn(
+      updates: PyTree, state: Any, params: PyTree | None = None, *,
+      objective: Objective | None = None, **extra_args: Any,
+  ) -> tuple[PyTree, Any]:
+    del extra_args
+    _check_update_arguments(transform, params, objective)
+    clean, perturbed = clean_and_perturbed_gradients(
+        objective, params, updates, value_at(rho, state.count),
+        perturbation=perturbation, perturbed_loss=perturbed_loss,
+        group_size=options.group_size, groups_in_parallel=options.groups_in_parallel,
+        groups_unroll=options.groups_unroll, axis_name=options.axis_name)
+    combined, state = combination.update(clean, perturbed, state)
+    return combined, state._replace(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,4 +1,8 @@
-"""Small pytree arithmetic shared by the SAM-family transforms (norms accumulate in float32)."""
+"""Small pytree arithmetic shared by the SAM-family transforms (norms accumulate in float32).
+
+Where ``optax.tree_utils`` has a function that gives the same results in the same dtypes, the
+transforms call it; the helpers here are those whose dtypes differ from optax's, as each says.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,11 @@ def _accumulation_dtype(leaves: list[jax.Array]) -> jnp.dtype:
 
 
 def global_norm(tree: PyTree) -> jax.Array:
-  """The Euclidean norm of all leaves of ``tree`` as one vector, in at least float32."""
+  """The Euclidean norm of all leaves of ``tree`` as one vector, in at least float32.
+
+  Not ``optax.tree_utils.tree_norm``, which squares and sums in the leaves' dtype: bfloat16
+  leaves would give a bfloat16 norm, summed in bfloat16.
+  """
   leaves = jax.tree.leaves(tree)
   dtype = _accumulation_dtype(leaves)
   squares = [jnp.sum(jnp.square(leaf.astype(dtype))) for leaf in leaves]
@@ -24,7 +32,11 @@ def global_norm(tree: PyTree) -> jax.Array:
 
 
 def vdot(a: PyTree, b: PyTree) -> jax.Array:
-  """The inner product of two pytrees of the same structure, in at least float32."""
+  """The inner product of two pytrees of the same structure, in at least float32.
+
+  Not ``optax.tree_utils.tree_vdot``, which multiplies and sums in the leaves' dtype (bfloat16
+  for bfloat16 leaves).
+  """
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   dtype = _accumulation_dtype(leaves_a + leaves_b)
   products = [jnp.vdot(x.astype(dtype), y.astype(dtype))
@@ -33,12 +45,20 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
 
 
 def add(a: PyTree, b: PyTree) -> PyTree:
-  """``a + b`` leafwise, keeping the dtype of ``a``."""
+  """``a + b`` leafwise, keeping the dtype of ``a``.
+
+  Not ``optax.tree_utils.tree_add``, which promotes: bfloat16 parameters plus a float32
+  perturbation would give float32 parameters.
+  """
   return jax.tree.map(lambda x, y: x + y.astype(x.dtype), a, b)
 
 
 def scale(factor: jax.Array, tree: PyTree) -> PyTree:
-  """``factor * tree`` leafwise, keeping each leaf's dtype."""
+  """``factor * tree`` leafwise, keeping each leaf's dtype.
+
+  Not ``optax.tree_utils.tree_scale``, which promotes: a float32 array ``factor`` times
+  bfloat16 leaves gives float32 leaves.
+  """
   return jax.tree.map(lambda x: (factor * x).astype(x.dtype), tree)
 
 
@@ -49,11 +69,6 @@ def safe_reciprocal(norm: jax.Array) -> tuple[jax.Array, jax.Array]:
   """
   ok = jnp.isfinite(norm) & (norm > 0)
   return jnp.where(ok, 1.0 / jnp.where(ok, norm, 1.0), 0.0), ok
-
-
-def where(condition: jax.Array, a: PyTree, b: PyTree) -> PyTree:
-  """Leafwise ``jnp.where`` with a scalar condition."""
-  return jax.tree.map(lambda x, y: jnp.where(condition, x, y), a, b)
 
 
 def sum_leading_axis(tree: PyTree) -> PyTree:

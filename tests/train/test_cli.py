@@ -1,10 +1,12 @@
 """The ``samx`` command line."""
 
+import io
 import json
 
 import pytest
 
 from samx import cli
+from samx.train.progress import ProgressBar
 
 QUICK = ["--set", "data.options.train_size=1024", "--set", "data.options.test_size=512",
          "--set", "epochs=2", "--set", "eval_batch_size=512"]
@@ -18,7 +20,8 @@ def test_presets_lists_every_preset(capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["train", "--set", "optimizer.rho=-1"], "optimizer.rho must be >= 0"),
+    (["train", "--set", "optimizer.name=sam", "--set", "optimizer.rho=-1"],
+     "optimizer.rho must be a finite number >= 0"),
     (["train", "--set", "optimizer.rhoo=1"], "unknown key 'optimizer.rhoo'"),
     (["train", "--preset", "imagenet"], "preset must be one of"),
     (["train", "--set", "data.name=cifar1000"], "data.name must be one of"),
@@ -50,7 +53,32 @@ def test_train_then_compare(tmp_path, capsys):
   assert (out_dir / "compare.png").exists() and (out_dir / "compare.json").exists()
 
 
-def test_progress_bar_draws_to_stderr(tmp_path, capsys):
+def test_logs_get_one_line_per_epoch_and_no_bar(tmp_path, capsys):
+  # Captured output is not a terminal (CI logs, notebooks): one line per epoch, no redrawing.
   assert cli.main(["train", "--run-dir", str(tmp_path / "r"), *QUICK]) == 0
-  err = capsys.readouterr().err
-  assert "epoch 1/2 [" in err and "steps/s" in err
+  captured = capsys.readouterr()
+  assert "\r" not in captured.err and "\r" not in captured.out
+  assert [line.split()[1] for line in captured.out.splitlines()
+          if line.startswith("epoch")] == ["1/2", "2/2"]
+
+
+class Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_progress_bar_draws_on_a_terminal():
+  stream = Terminal()
+  bar = ProgressBar(2, 4, stream=stream, refresh_seconds=0.0)
+  bar.start_epoch(1)
+  for _ in range(4):
+    bar.update({"loss": 1.5})
+  bar.end_epoch()
+  text = stream.getvalue()
+  assert "epoch 1/2" in text and "4/4" in text and "loss=1.500" in text
+  silent = io.StringIO()
+  quiet = ProgressBar(2, 4, stream=silent)
+  quiet.start_epoch(1)
+  quiet.update({"loss": 1.5})
+  quiet.end_epoch()
+  assert silent.getvalue() == ""

@@ -6,7 +6,7 @@ import pytest
 
 from samx import train
 from samx.train import config as cfg
-from samx.train.optimizers import build_optimizer
+from samx.train.optimizer import build_optimizer, learning_rate_schedule
 
 
 def test_overrides_parse_each_field_type():
@@ -41,6 +41,13 @@ def test_bad_overrides_name_the_key(assignment, named):
 
 @pytest.mark.parametrize(("assignment", "named", "accepted"), [
     ("optimizer.rho=-0.1", "optimizer.rho", ">= 0"),
+    ("saner.alpha=-1", "saner.alpha", ">= 0"),
+    ("saner.warmup_epochs=-1", "saner.warmup_epochs", ">= 0"),
+    ("gsam.alpha=-0.1", "gsam.alpha", ">= 0"),
+    ("optimizer.eta=-1", "optimizer.eta", ">= 0"),
+    ("optimizer.group_size=0", "optimizer.group_size", ">= 1"),
+    ("optimizer.learning_rate=inf", "optimizer.learning_rate", "finite"),
+    ("penalty.feature_coef=-1", "penalty.feature_coef", ">= 0"),
     ("noise.kind=symmetric", "noise.rate", "> 0"),
     ("noise.rate=1.0", "noise.rate", r"\[0, 1\)"),
     ("optimizer.name=adamw", "optimizer.name", "sgd, sam, asam"),
@@ -48,16 +55,18 @@ def test_bad_overrides_name_the_key(assignment, named):
     ("data.name=imagenet", "data.name", "gaussian_mixture"),
     ("schedule.kind=linear", "schedule.kind", "constant, cosine, step"),
     ("schedule.boundaries=0.8,0.2", "schedule.boundaries", "increasing"),
-    ("optimizer.alpha=2", "optimizer.alpha", r"\[0, 1\]"),
     ("batch_size=0", "batch_size", ">= 1"),
     ("model.depth=17", "model.depth", "6k \\+ 4"),
     ("noise.kind=file", "noise.file", "a path"),
     ("optimizer.groups_in_parallel=1", "optimizer.groups_in_parallel", "optimizer.group_size"),
 ])
 def test_validation_names_the_key_and_the_accepted_values(assignment, named, accepted):
+  # A method's own options are checked by its transform; the message names the config key.
+  method = {"saner": "saner", "gsam": "gsam"}.get(assignment.split(".")[0], "sam")
   base = cfg.override(cfg.Config(), ["noise.kind=symmetric", "noise.rate=0.2"]
-                      if assignment.startswith("noise.rate=1") else [])
-  with pytest.raises(cfg.ConfigError, match=f"{named.replace('.', '[.]')} must be .*{accepted}"):
+                      if assignment.startswith("noise.rate=1") else [f"optimizer.name={method}"])
+  key = named.replace(".", "[.]")
+  with pytest.raises(cfg.ConfigError, match=f"{key} (must be|needs).*{accepted}"):
     cfg.validate(cfg.override(base, [assignment]))
 
 
@@ -71,18 +80,49 @@ def test_batch_checks_against_devices_and_group_size():
     cfg.validate(cfg.Config(batch_size=128), device_count=3)
   with pytest.raises(cfg.ConfigError, match="devices must be at most the 2 available"):
     cfg.validate(cfg.Config(devices=4), device_count=2)
-  gsam = cfg.override(cfg.Config(), ["optimizer.name=gsam"])
-  with pytest.raises(cfg.ConfigError, match="optimizer.gsam_alpha must be > 0"):
-    cfg.validate(gsam)
+  sgd = cfg.override(cfg.Config(), ["optimizer.group_size=48", "batch_size=128"])
+  cfg.validate(sgd)  # sgd has no groups: nothing to divide
+
+
+def test_methods_take_their_own_sections_and_the_penalty_composes():
+  c = cfg.override(cfg.Config(), ["optimizer.name=saner", "saner.alpha=1.25",
+                                  "saner.warmup_epochs=0", "gsam.alpha=0.2",
+                                  "penalty.feature_coef=0.01"])
+  assert (c.saner.alpha, c.saner.warmup_epochs, c.gsam.alpha) == (1.25, 0.0, 0.2)
+  assert c.penalty.active and c.penalty.weight_coef == 0.0
+  cfg.validate(c)  # alpha > 1 amplifies group B: allowed
+  shorthand = cfg.override(cfg.Config(), ["optimizer.name=penalty"])
+  assert shorthand.optimizer.name == "sgd" and shorthand.penalty == cfg.PENALTY_SHORTHAND
+  kept = cfg.override(c, ["optimizer.name=penalty"])
+  assert kept.penalty.feature_coef == 0.01  # an explicit penalty is kept
+
+
+def test_keys_of_earlier_versions_still_work_and_old_run_configs_load():
+  c = cfg.override(cfg.Config(), ["optimizer.alpha=0.25", "optimizer.warmup_epochs=3",
+                                  "optimizer.gsam_alpha=0.3", "optimizer.feature_coef=0.01"])
+  assert (c.saner.alpha, c.saner.warmup_epochs, c.saner.gsam_alpha) == (0.25, 3.0, 0.3)
+  assert c.gsam.alpha == 0.3 and c.penalty.feature_coef == 0.01
+  old = cfg.to_dict(cfg.Config())
+  for name in ("saner", "gsam", "penalty"):
+    del old[name]
+  old["optimizer"].update(name="sam", alpha=0.5, warmup_epochs=50.0, gsam_alpha=0.0,
+                          feature_coef=0.001, weight_coef=0.001)
+  loaded = cfg.from_dict(old)
+  assert loaded.optimizer.name == "sam" and not loaded.penalty.active  # sam ignored them
+  old["optimizer"].update(name="penalty", feature_coef=0.01)
+  loaded = cfg.from_dict(old)
+  assert loaded.optimizer.name == "sgd"
+  assert (loaded.penalty.feature_coef, loaded.penalty.weight_coef) == (0.01, 0.001)
 
 
 @pytest.mark.parametrize("name", list(train.PRESETS))
 def test_every_preset_is_valid_and_round_trips_through_json(name):
   config = cfg.validate(train.preset(name))
   assert cfg.from_dict(cfg.to_dict(config)) == config
-  for optimizer in cfg.OPTIMIZERS:  # every optimizer can be built from every preset
-    changed = cfg.override(config, [f"optimizer.name={optimizer}", "optimizer.gsam_alpha=0.1"])
-    build_optimizer(changed.optimizer, changed.schedule, total_steps=100, steps_per_epoch=10)
+  for optimizer in (*cfg.OPTIMIZERS, "penalty"):  # every method can be built from every preset
+    changed = cfg.validate(cfg.override(config, [f"optimizer.name={optimizer}"]))
+    learning_rate = learning_rate_schedule(changed.optimizer, changed.schedule, 100, 10)
+    build_optimizer(changed, learning_rate, steps_per_epoch=10)
 
 
 def test_unknown_preset_and_unknown_stored_keys():

@@ -55,7 +55,7 @@ def test_one_and_eight_devices_with_batchnorm_and_augmentation(tmp_path):
   one, eight = run_on_8_devices(
       "quickstart", f"data.name=folder:{folder}", "data.augment=true",
       "model.name=wide_resnet", "model.depth=10", "model.widen_factor=1", "epochs=2",
-      "batch_size=64", "eval_batch_size=64", "optimizer.name=saner", "optimizer.warmup_epochs=1",
+      "batch_size=64", "eval_batch_size=64", "optimizer.name=saner", "saner.warmup_epochs=1",
       "noise.rate=0.25")
   assert_same_metrics(one, eight, atol=2e-2)
 

@@ -13,8 +13,8 @@ import pytest
 from flax import nnx
 
 from samx import train
-from samx.train.data import TrainingData
-from samx.train.optimizers import learning_rate_schedule
+from samx.train.optimizer import learning_rate_schedule
+from samx.train.training_data import TrainingData, split_arrays
 
 TIMING_KEYS = ("epoch_seconds", "images_per_second", "steps_per_second")
 
@@ -70,7 +70,7 @@ def test_same_seed_same_metrics_and_a_different_seed_differs():
     "saner+adaptive=true"])
 def test_every_optimizer_trains(optimizer):
   name, *settings = optimizer.split("+")
-  assignments = [f"optimizer.name={name}", "optimizer.gsam_alpha=0.3"] + [
+  assignments = [f"optimizer.name={name}", "gsam.alpha=0.3"] + [
       f"optimizer.{s}" for s in settings]
   result = train.run(small(*assignments, epochs=1), log=None)
   record = result.history[-1]
@@ -94,9 +94,8 @@ def image_data(n=256, size=8, classes=4, seed=0):
   images[np.arange(n), 0, 0, :] = (labels[:, None] * 60).astype(np.uint8)  # a learnable cue
   noisy = rng.uniform(size=n) < 0.25
   given = np.where(noisy, (labels + 1) % classes, labels).astype(np.int32)
-  train_arrays = {"input": images, "label": given, "clean_label": labels, "noisy": noisy,
-                  "index": np.arange(n, dtype=np.int32)}
-  test = {"input": images[:64], "label": labels[:64]}
+  train_arrays = split_arrays(images, given, labels, noisy)
+  test = split_arrays(images[:64], labels[:64])
   return TrainingData(train_arrays, test, classes, "random images", np.full(3, 0.5),
                       np.full(3, 0.25))
 
@@ -105,7 +104,7 @@ def test_batchnorm_model_with_augmentation_updates_statistics_from_the_clean_pas
   config = train.override(train.Config(), [
       "data.name=cifar10", "data.augment=true", "model.name=wide_resnet", "model.depth=10",
       "model.widen_factor=1",
-      "optimizer.name=saner", "optimizer.warmup_epochs=1", "epochs=1", "batch_size=32",
+      "optimizer.name=saner", "saner.warmup_epochs=1", "epochs=1", "batch_size=32",
       "eval_batch_size=64", "checkpoint_every=0"])
   data = image_data()
   result = train.run(config, log=None, data=data)

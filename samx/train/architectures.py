@@ -7,7 +7,8 @@ import math
 from flax import nnx
 
 from samx import models
-from samx.train.config import ConfigError, ModelConfig
+from samx.train.config import ModelConfig
+from samx.train.errors import ConfigError
 
 
 def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *,

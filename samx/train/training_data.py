@@ -14,7 +14,8 @@ import numpy as np
 from samx import data as samx_data
 from samx.data import noise as noise_models
 from samx.data import synthetic
-from samx.train.config import Config, ConfigError
+from samx.train.config import Config
+from samx.train.errors import ConfigError
 
 # Defaults of the generated datasets; any can be changed with data.options.NAME=value.
 GAUSSIAN_MIXTURE_DEFAULTS = {"train_size": 8192, "test_size": 4096, "num_classes": 10,
@@ -23,13 +24,33 @@ PATCHES_DEFAULTS = {"train_size": 100, "test_size": 2000, "dim": 200, "signal_no
                     "noise_std": 1.0}
 
 
+SPLIT_KEYS = ("input", "label", "clean_label", "noisy")
+
+
+def split_arrays(inputs: np.ndarray, labels: np.ndarray, clean_labels: np.ndarray | None = None,
+                 noisy: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """One split in the engine's data contract (:data:`SPLIT_KEYS`, examples along axis 0).
+
+  ``label`` is the label training and evaluation use (after noise, on the training split);
+  ``clean_label`` the true one and ``noisy`` where they differ. Without ``clean_labels`` the
+  labels are clean (a test split): ``clean_label`` is ``label`` and ``noisy`` all False.
+  """
+  labels = np.asarray(labels, np.int32)
+  clean = labels if clean_labels is None else np.asarray(clean_labels, np.int32)
+  noisy = np.zeros(len(labels), bool) if noisy is None else np.asarray(noisy, bool)
+  if not len(inputs) == len(labels) == len(clean) == len(noisy):
+    raise ValueError(f"a split needs one input, label, clean label and noise flag per example; "
+                     f"got {len(inputs)}, {len(labels)}, {len(clean)} and {len(noisy)}.")
+  return {"input": inputs, "label": labels, "clean_label": clean, "noisy": noisy}
+
+
 class TrainingData(NamedTuple):
   """The arrays of a run.
 
   Attributes:
-    train: ``input``, ``label`` (the given labels, after noise), ``clean_label``, ``noisy``
-      (the corruption record) and ``index``, along axis 0.
-    test: ``input`` and ``label`` (clean).
+    train: the training split, as :func:`split_arrays` makes it: ``input``, ``label`` (the
+      given labels, after noise), ``clean_label`` and ``noisy`` (the corruption record).
+    test: the test split in the same contract (clean: ``noisy`` is all False).
     num_classes: the number of classes.
     name: what the data is, as results should call it.
     mean, std: per-channel statistics of the training images for uint8 inputs (``None`` for
@@ -170,14 +191,18 @@ def load_data(config: Config) -> TrainingData:
                       f"{x.shape[1:]} and dtype {x.dtype}.")
   keep = _subset(len(y), d.train_examples, config.seed, 1, "data.train_examples")
   keep_test = _subset(len(y_test), d.test_examples, config.seed, 2, "data.test_examples")
-  x, y, x_test, y_test = x[keep], y[keep], x_test[keep_test], y_test[keep_test]
   try:
-    noisy = _noisy_labels(config, y, x, num_classes)
+    if config.noise.kind == "file":  # the file holds one label per example of the whole split
+      noisy = _noisy_labels(config, y, x, num_classes)
+      x, y = x[keep], y[keep]
+      given, noisy_mask = noisy.labels[keep], noisy.noisy_mask[keep]
+    else:
+      x, y = x[keep], y[keep]
+      noisy = _noisy_labels(config, y, x, num_classes)
+      given, noisy_mask = noisy.labels, noisy.noisy_mask
   except (ValueError, FileNotFoundError) as error:
     raise ConfigError(f"noise ({config.noise.kind}): {error}") from error
   mean, std = _channel_statistics(x) if x.dtype == np.uint8 else (None, None)
-  train = {"input": x, "label": noisy.labels.astype(np.int32),
-           "clean_label": y.astype(np.int32), "noisy": noisy.noisy_mask.astype(bool),
-           "index": np.arange(len(y), dtype=np.int32)}
-  test = {"input": x_test, "label": y_test.astype(np.int32)}
+  train = split_arrays(x, given, y, noisy_mask)
+  test = split_arrays(x_test[keep_test], y_test[keep_test])
   return TrainingData(train, test, num_classes, name, mean, std)

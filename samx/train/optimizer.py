@@ -1,0 +1,55 @@
+"""The run's optax chain and learning-rate schedule, built once from the configuration."""
+
+from __future__ import annotations
+
+import optax
+
+from samx.train.config import Config, OptimizerConfig, ScheduleConfig, method_section
+from samx.train.methods import build_transform
+
+
+def learning_rate_schedule(optimizer: OptimizerConfig, schedule: ScheduleConfig,
+                           total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate at each step.
+
+  ``constant``; ``cosine`` from the peak to zero at ``total_steps``; ``step``: the peak times
+  ``decay ** k`` after the ``k``-th boundary (boundaries are fractions of ``total_steps``, so
+  the SANER paper's decays at epochs 100 and 150 of 200 are ``(0.5, 0.75)``). A linear warmup of
+  ``schedule.warmup_epochs`` from zero comes first.
+
+  Example:
+    >>> from samx.train.config import OptimizerConfig, ScheduleConfig
+    >>> lr = learning_rate_schedule(OptimizerConfig(learning_rate=0.1),
+    ...                             ScheduleConfig(kind="step", boundaries=(0.5,)), 100, 10)
+    >>> [round(float(lr(s)), 4) for s in (0, 49, 50, 99)]
+    [0.1, 0.1, 0.01, 0.01]
+  """
+  peak = optimizer.learning_rate
+  warmup = min(round(schedule.warmup_epochs * steps_per_epoch), total_steps)
+  remaining = max(total_steps - warmup, 1)
+  if schedule.kind == "constant":
+    main = optax.constant_schedule(peak)
+  elif schedule.kind == "cosine":
+    main = optax.cosine_decay_schedule(peak, remaining)
+  else:
+    boundaries = {round(b * total_steps) - warmup: schedule.decay
+                  for b in schedule.boundaries}
+    main = optax.piecewise_constant_schedule(peak, {k: v for k, v in boundaries.items() if k > 0})
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def build_optimizer(config: Config, learning_rate: optax.Schedule, steps_per_epoch: int
+                    ) -> optax.GradientTransformationExtraArgs:
+  """``chain(method's samx transform, add_decayed_weights, sgd | adam)`` for ``config``."""
+  o = config.optimizer
+  head = build_transform(o.name, o.shared_options(), method_section(config), steps_per_epoch)
+  parts = [] if head is None else [head]
+  if o.weight_decay:
+    parts.append(optax.add_decayed_weights(o.weight_decay))
+  if o.base == "sgd":
+    parts.append(optax.sgd(learning_rate, momentum=o.momentum or None, nesterov=o.nesterov))
+  else:
+    parts.append(optax.adam(learning_rate))
+  return optax.chain(*parts)

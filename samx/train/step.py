@@ -1,0 +1,145 @@
+"""The training step: one pure, jit-compilable function ``(TrainState, batch) -> (TrainState,
+metrics)``, and what it shares with evaluation (input preparation, the loss).
+
+The clean pass at ``w`` computes the loss, its gradient and the new BatchNorm statistics; the
+method's samx transform (first in the optax chain) gets that gradient and a
+:class:`samx.Objective` whose passes use the statistics frozen at their value before the step,
+so the perturbed passes normalise with their own batch statistics and write nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import samx
+from samx.data import pipeline
+from samx.penalties import per_example_feature_and_weight_penalty
+from samx.train.config import PenaltyConfig
+from samx.train.methods import Method
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+  """Everything a step changes.
+
+  Attributes:
+    step: the number of steps taken (int32 scalar).
+    params: the model's ``nnx.Param`` variables (what the optimizer updates).
+    model_state: the other variables (BatchNorm statistics), updated by the clean pass only.
+    opt_state: the optax chain's state.
+  """
+
+  step: jax.Array
+  params: nnx.State
+  model_state: nnx.State
+  opt_state: optax.OptState
+
+
+class Normalization(NamedTuple):
+  """Per-channel statistics of uint8 images (``None`` for float inputs, used as they are)."""
+
+  mean: np.ndarray | None
+  std: np.ndarray | None
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy with integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def prepare_inputs(inputs: jax.Array, normalization: Normalization,
+                   augment_key: jax.Array | None = None) -> jax.Array:
+  """Inputs as the model sees them: uint8 images normalised (and, with ``augment_key``,
+  randomly cropped and flipped); float inputs as they are."""
+  if normalization.mean is None:
+    return inputs.astype(jnp.float32)
+  if augment_key is not None:
+    return pipeline.augment(augment_key, inputs, crop_padding=4, flip=True,
+                            mean=normalization.mean, std=normalization.std)
+  return pipeline.normalize(inputs, normalization.mean, normalization.std)
+
+
+def logits_of(outputs: PyTree) -> jax.Array:
+  """The logits among a model's training outputs (see :func:`training_outputs`)."""
+  return outputs["logits"] if isinstance(outputs, dict) else outputs
+
+
+def training_outputs(model: nnx.Module, inputs: jax.Array, penalty: PenaltyConfig) -> PyTree:
+  """What the loss needs from the model: the logits, and with the penalty on, also the
+  penultimate features and the last layer's squared norm (repeated per example, so that every
+  output has the batch on axis 0 and m-sharpness can split it)."""
+  features = model.features(inputs)
+  logits = model.head(features)
+  if not penalty.active:
+    return logits
+  kernel_norm = jnp.sum(jnp.square(model.head.kernel[...]))
+  return {"logits": logits, "features": features,
+          "kernel_sq_norm": jnp.broadcast_to(kernel_norm, logits.shape[:1])}
+
+
+def per_example_loss_fn(penalty: PenaltyConfig) -> Callable[[PyTree, jax.Array], jax.Array]:
+  """``(outputs, labels) -> losses (batch,)``: cross-entropy, plus the penalty if it is on."""
+
+  def losses(outputs: PyTree, labels: jax.Array) -> jax.Array:
+    loss = cross_entropy(logits_of(outputs), labels)
+    if penalty.active:
+      loss = loss + per_example_feature_and_weight_penalty(
+          outputs["features"], outputs["kernel_sq_norm"], feature_coef=penalty.feature_coef,
+          weight_coef=penalty.weight_coef)
+    return loss
+
+  return losses
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformationExtraArgs, method: Method, *,
+    penalty: PenaltyConfig, normalization: Normalization, augment: bool, seed: int,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """The training step of a model (``graphdef``), an optax chain and a method.
+
+  The batch holds ``input`` and ``label``. The step's metrics are the clean pass's ``loss``
+  and ``accuracy`` and the method's own (e.g. SANER's group fractions). Augmentation draws
+  from ``seed`` and the step count, so a resumed run sees the same crops and flips.
+  """
+  base_key = jax.random.key(seed)
+  loss_fn = per_example_loss_fn(penalty)
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    key = jax.random.fold_in(base_key, state.step) if augment else None
+    inputs = prepare_inputs(batch["input"], normalization, key)
+    labels = batch["label"]
+
+    def clean_loss(params):
+      model = nnx.merge(graphdef, params, state.model_state, copy=True)
+      outputs = training_outputs(model, inputs, penalty)
+      _, _, model_state = nnx.split(model, nnx.Param, ...)
+      return jnp.mean(loss_fn(outputs, labels)), (outputs, model_state)
+
+    (loss, (outputs, model_state)), grads = jax.value_and_grad(clean_loss, has_aux=True)(
+        state.params)
+    frozen = state.model_state
+
+    def apply_fn(params, x):  # the transform's passes: batch statistics, no writes
+      return training_outputs(nnx.merge(graphdef, params, frozen, copy=True), x, penalty)
+
+    objective = samx.Objective(apply_fn, loss_fn, inputs, labels,
+                               outputs=outputs if method.needs_clean_outputs else None)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, objective=objective)
+    params = optax.apply_updates(state.params, updates)
+    logits = logits_of(outputs)
+    metrics = {"loss": loss,
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32)}
+    if method.step_metrics is not None:
+      metrics.update(method.step_metrics(opt_state))
+    return TrainState(state.step + 1, params, model_state, opt_state), metrics
+
+  return train_step

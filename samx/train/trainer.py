@@ -1,0 +1,123 @@
+"""The compiled pieces of a run: the device mesh, the model definition, the optax chain and the
+jit-compiled step, initialisation and evaluation functions.
+
+The parameters are replicated and the global batch is sharded along the mesh's ``data`` axis,
+so the same code runs on one CPU, several GPUs or a TPU pod slice (one process per host, after
+:func:`jax.distributed.initialize`); XLA inserts the cross-device reductions, and a SAM-family
+transform sees the gradient of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from samx.train.architectures import build_model
+from samx.train.config import Config, validate
+from samx.train.errors import ConfigError
+from samx.train.evaluation import EvalSums, Evaluator, make_eval_sums, train_eval_subset
+from samx.train.methods import method
+from samx.train.optimizer import build_optimizer, learning_rate_schedule
+from samx.train.step import Batch, Normalization, TrainState, make_train_step, prepare_inputs
+from samx.train.training_data import TrainingData, load_data
+
+BATCH_AXIS = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """The compiled pieces of a run, built by :func:`make_trainer`; :func:`samx.train.run`
+  drives them. Exposed for notebooks and benchmarks that time or call the step themselves.
+  """
+
+  config: Config
+  data: TrainingData
+  mesh: Mesh
+  graphdef: nnx.GraphDef
+  eval_graphdef: nnx.GraphDef
+  tx: optax.GradientTransformationExtraArgs
+  steps_per_epoch: int
+  learning_rate: optax.Schedule
+  init: Callable[[], TrainState]
+  train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+  eval_sums: EvalSums
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_epoch * self.config.epochs
+
+  @property
+  def normalization(self) -> Normalization:
+    return Normalization(self.data.mean, self.data.std)
+
+  def preprocess(self, inputs: jax.Array) -> jax.Array:
+    """Inputs as the model sees them at evaluation (uint8 images normalised, no augmentation)."""
+    return prepare_inputs(jnp.asarray(inputs), self.normalization)
+
+  def eval_model(self, state: TrainState) -> nnx.Module:
+    """The model of ``state`` in evaluation mode (BatchNorm with its running statistics), e.g.
+    for ``model.features(trainer.preprocess(images))`` in a linear probe."""
+    return nnx.merge(self.eval_graphdef, state.params, state.model_state, copy=True)
+
+  def evaluator(self) -> Evaluator:
+    """The run's fixed evaluation sets: the test split and (a subset of) the training split."""
+    train = train_eval_subset(self.data.train, self.config.train_eval_examples, self.config.seed)
+    return Evaluator(self.eval_sums, self.mesh, BATCH_AXIS,
+                     {"test": self.data.test, "train": train}, self.config.eval_batch_size)
+
+
+def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
+  """Checks ``config``, loads the data and builds the jit-compiled step functions."""
+  devices = jax.devices()
+  validate(config, device_count=len(devices))
+  data = load_data(config) if data is None else data
+  train_size = len(data.train["label"])
+  steps_per_epoch = train_size // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"batch_size must be at most the {train_size} training examples; got "
+                      f"{config.batch_size}.")
+  used = devices if config.devices is None else devices[:config.devices]
+  mesh = Mesh(np.asarray(used), (BATCH_AXIS,))
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def new_model() -> nnx.Module:
+    return build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
+
+  abstract_model = nnx.eval_shape(new_model)
+  graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+  abstract_model.eval()
+  eval_graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+  if config.penalty.active and not hasattr(abstract_model, "features"):
+    raise ConfigError(f"the penalty section needs a model with features() and head; "
+                      f"model.name={config.model.name} has none.")
+
+  learning_rate = learning_rate_schedule(config.optimizer, config.schedule,
+                                         steps_per_epoch * config.epochs, steps_per_epoch)
+  tx = build_optimizer(config, learning_rate, steps_per_epoch)
+  normalization = Normalization(data.mean, data.std)
+
+  def init() -> TrainState:
+    _, params, model_state = nnx.split(new_model(), nnx.Param, ...)
+    return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+
+  train_step = make_train_step(
+      graphdef, tx, method(config.optimizer.name), penalty=config.penalty,
+      normalization=normalization, augment=config.data.augment, seed=config.seed)
+  return Trainer(
+      config=config, data=data, mesh=mesh, graphdef=graphdef, eval_graphdef=eval_graphdef,
+      tx=tx, steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
+      init=jax.jit(init, out_shardings=replicated),
+      train_step=jax.jit(train_step, out_shardings=replicated, donate_argnums=0),
+      eval_sums=jax.jit(make_eval_sums(eval_graphdef, normalization),
+                        out_shardings=replicated))
