@@ -1,4 +1,4 @@
-"""The ``samx`` command: ``samx train``, ``samx compare``, ``samx presets``.
+"""The ``samx`` command: ``samx train``, ``samx compare``, ``samx presets``, ``samx methods``.
 
     samx compare                                     # the quick start: SGD vs SAM family
     samx train --preset saner-cifar10-cpu --set optimizer.name=sam --set epochs=5
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{DEFAULT_COMPARE})")
   compare.add_argument("--out", help="output directory (default runs/compare-PRESET)")
   commands.add_parser("presets", help="list the presets")
+  commands.add_parser("methods", help="list the methods (optimizer.name) and their sections")
   return parser
 
 
@@ -88,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
   if args.command == "presets":
     for name, make in train.PRESETS.items():
       print(f"{name:<26} {' '.join(make.__doc__.split())}")
+    return 0
+  if args.command == "methods":
+    for name, entry in train.METHODS.items():
+      section = f" (options: the {entry.section} section)" if entry.section else ""
+      print(f"{name:<8} {entry.summary}{section}")
+    print(f"{'penalty':<8} short for sgd with the penalty section at 1e-3 (Baek et al.'s cheap "
+          "alternative); the penalty section works with every method")
     return 0
   _initialize_distributed(args)
   try:

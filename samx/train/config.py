@@ -29,7 +29,6 @@ from typing import Any
 from samx.train.errors import ConfigError
 from samx.train.methods import METHODS, GSAMConfig, SANERConfig, build_transform, method
 
-OPTIMIZERS = tuple(METHODS)
 BASE_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "file")
@@ -482,8 +481,8 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "model.depth", "6k + 4 with k >= 1", m.depth)
   _check(m.widen_factor >= 1, "model.widen_factor", ">= 1", m.widen_factor)
   _check(m.filters_per_sign >= 1, "model.filters_per_sign", ">= 1", m.filters_per_sign)
-  _check(o.name in OPTIMIZERS, "optimizer.name",
-         f"one of {', '.join(OPTIMIZERS)} (or penalty: sgd with the penalty section)", o.name)
+  _check(o.name in METHODS, "optimizer.name",
+         f"one of {', '.join(METHODS)} (or penalty: sgd with the penalty section)", o.name)
   transform = build_transform(o.name, o.shared_options(), method_section(config),
                               steps_per_epoch=1)
   _check(config.penalty.feature_coef >= 0, "penalty.feature_coef", ">= 0",

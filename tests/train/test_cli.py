@@ -12,6 +12,14 @@ QUICK = ["--set", "data.options.train_size=1024", "--set", "data.options.test_si
          "--set", "epochs=2", "--set", "eval_batch_size=512"]
 
 
+def test_methods_lists_every_method_with_its_section(capsys):
+  assert cli.main(["methods"]) == 0
+  out = capsys.readouterr().out
+  for name in ("sgd", "sam", "asam", "saner", "gsam", "lsam", "jsam", "penalty"):
+    assert any(line.startswith(name + " ") for line in out.splitlines()), name
+  assert "the saner section" in out
+
+
 def test_presets_lists_every_preset(capsys):
   assert cli.main(["presets"]) == 0
   out = capsys.readouterr().out
