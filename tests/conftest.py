@@ -13,6 +13,12 @@ import samx
 
 # Multi-device tests run in subprocesses; keep the parent on one CPU device.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The tests' programs are tiny, so their time goes to compiling them, not running them: XLA's
+# backend optimisation level 0 compiles about twice as fast (the suite runs in half the time)
+# and computes the same operations. Set the level in XLA_FLAGS yourself to test another.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_backend_optimization_level=0").strip()
 
 # Scripts the multi-device tests run in subprocesses with 8 virtual CPU devices. They are not
 # imported by the doctest collection: multidevice_checks.py sets XLA_FLAGS at import, which

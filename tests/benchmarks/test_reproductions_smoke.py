@@ -10,6 +10,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # each script trains several small models (CI runs them)
 DATA_DIR = os.environ.get("SAMX_DATA_DIR")
 needs_data = pytest.mark.skipif(
     not DATA_DIR or not (pathlib.Path(DATA_DIR) / "fashion-mnist").is_dir(),

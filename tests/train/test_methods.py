@@ -87,7 +87,7 @@ def test_the_penalty_regularises_the_loss_of_any_method(name):
   grad = jax.grad(regularised_loss, argnums=1)
   g = grad(model, params, x, y, 0.3, 0.2)
   if name == "sam":
-    norm = optax.global_norm(g)
+    norm = optax.tree.norm(g)
     g = grad(model, jax.tree.map(lambda w, d: w + 0.5 * d / norm, params, g), x, y, 0.3, 0.2)
   expected = jax.tree.map(lambda w, d: w - d, params, g)
   for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(expected), strict=True):

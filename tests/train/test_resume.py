@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 SETTINGS = ["--set", "epochs=5", "--set", "checkpoint_every=1", "--set", "optimizer.name=saner",
             "--set", "data.options.train_size=24576", "--set", "model.hidden=384,384",
@@ -34,6 +35,7 @@ def final_arrays(run_dir):
   return jax.tree.leaves(restored)
 
 
+@pytest.mark.slow  # three training subprocesses
 def test_resume_after_kill_is_exact(tmp_path):
   killed, full = tmp_path / "killed", tmp_path / "full"
   command, env = samx_train("--run-dir", str(killed), *SETTINGS)

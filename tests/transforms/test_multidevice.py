@@ -8,9 +8,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 CHECKS = pathlib.Path(__file__).with_name("multidevice_checks.py")
 
 
+@pytest.mark.slow  # a subprocess that compiles every transform three ways on 8 devices
 def test_eight_devices_match_one_device():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
