@@ -51,8 +51,7 @@ def test_quickstart_example_runs(tmp_path):
 
 
 def test_input_pipeline_benchmark_reports_throughputs():
-  import input_pipeline
-
-  result = input_pipeline.main(["--batch-size", "8", "--resnet-width", "0.0625", "--examples",
-                                "64", "--epochs", "1", "--steps", "1"])
+  result = load_script("input_pipeline").main([
+      "--batch-size", "8", "--resnet-width", "0.0625", "--examples", "64", "--epochs", "1",
+      "--steps", "1"])
   assert result["pipeline_images_per_s"] > 0 and result["sam_step_images_per_s"] > 0
