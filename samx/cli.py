@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in RUN_DIR from its latest checkpoint")
   train.add_argument("--tensorboard", action="store_true",
                      help="also write TensorBoard scalars (needs samx[tensorboard])")
+  train.add_argument("--overwrite", action="store_true",
+                     help="replace a run already in the run directory (deletes it first)")
   compare = commands.add_parser("compare", help="train one configuration with several "
                                 "optimizers; print a table and save a plot")
   _add_common(compare)
@@ -59,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"comma-separated, each NAME or NAME+key=value (default "
                        f"{DEFAULT_COMPARE})")
   compare.add_argument("--out", help="output directory (default runs/compare-PRESET)")
+  compare.add_argument("--overwrite", action="store_true",
+                       help="replace runs in --out whose configuration differs (finished runs "
+                       "with the same configuration are reused either way)")
   commands.add_parser("presets", help="list the presets")
   commands.add_parser("methods", help="list the methods (optimizer.name) and their sections")
   return parser
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
   from samx import train
   from samx.train import ConfigError
+  from samx.train.errors import TrainingDivergedError, TrainingInterrupted
   from samx.train.loop import method_label
 
   if args.command == "presets":
@@ -101,27 +107,36 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "train":
       if args.resume:
-        if args.overrides or args.preset != "quickstart":
+        if args.overwrite or args.overrides or args.preset != "quickstart":
           raise ConfigError("--resume continues a run with its stored configuration; drop "
-                            "--preset and --set.")
-        train.run(None, args.resume, resume=True, progress=not args.no_progress,
+                            "--preset, --set and --overwrite.")
+        run_dir = pathlib.Path(args.resume)
+        train.run(None, run_dir, resume=True, progress=not args.no_progress,
                   tensorboard=args.tensorboard)
-        return 0
-      config = train.override(train.preset(args.preset), args.overrides)
-      run_dir = args.run_dir or pathlib.Path("runs") / args.preset / (
-          f"{method_label(config)}-seed{config.seed}")
-      train.run(config, run_dir, progress=not args.no_progress, tensorboard=args.tensorboard)
+      else:
+        config = train.override(train.preset(args.preset), args.overrides)
+        run_dir = pathlib.Path(args.run_dir or pathlib.Path("runs") / args.preset / (
+            f"{method_label(config)}-seed{config.seed}"))
+        train.run(config, run_dir, overwrite=args.overwrite, progress=not args.no_progress,
+                  tensorboard=args.tensorboard)
       if jax.process_index() == 0:
         print(f"run directory: {run_dir}")
       return 0
     config = train.override(train.preset(args.preset), args.overrides)
     optimizers = [spec for spec in args.optimizers.split(",") if spec.strip()]
     out = args.out or pathlib.Path("runs") / f"compare-{args.preset}"
-    train.compare(config, optimizers, out, progress=not args.no_progress)
+    train.compare(config, optimizers, out, overwrite=args.overwrite,
+                  progress=not args.no_progress)
     return 0
-  except (ConfigError, FileExistsError, FileNotFoundError) as error:
+  except (ConfigError, FileExistsError, FileNotFoundError, ImportError) as error:
     print(f"samx: error: {error}", file=sys.stderr)
     return 2
+  except TrainingDivergedError as error:
+    print(f"samx: {error}", file=sys.stderr)
+    return 3
+  except TrainingInterrupted as error:
+    print(f"\nsamx: {error}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -32,7 +32,12 @@ from samx.train.config import (
     to_dict,
     validate,
 )
-from samx.train.errors import ConfigError
+from samx.train.errors import (
+    ConfigError,
+    RunDirectoryError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+)
 from samx.train.loop import RunResult, run
 from samx.train.methods import METHODS, GSAMConfig, Method, SANERConfig
 from samx.train.presets import PRESETS, preset
@@ -53,12 +58,15 @@ __all__ = [
     "NoiseConfig",
     "OptimizerConfig",
     "PenaltyConfig",
+    "RunDirectoryError",
     "RunResult",
     "SANERConfig",
     "ScheduleConfig",
     "TrainState",
     "Trainer",
     "TrainingData",
+    "TrainingDivergedError",
+    "TrainingInterrupted",
     "compare",
     "format_table",
     "from_dict",

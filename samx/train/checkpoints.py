@@ -32,3 +32,12 @@ def restore(checkpoint_manager: ocp.CheckpointManager, epoch: int, like: Any) ->
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                         like)
   return checkpoint_manager.restore(epoch, args=ocp.args.StandardRestore(target))
+
+
+def latest_epoch(run_dir: pathlib.Path) -> int | None:
+  """The epoch of the latest complete checkpoint in ``run_dir`` (``None``: there is none)."""
+  directory = pathlib.Path(run_dir).absolute() / CHECKPOINT_DIR
+  if not directory.is_dir():
+    return None
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)) as m:
+    return m.latest_step()

@@ -4,15 +4,15 @@ accuracy and noisy-label memorization against epochs)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from samx.train.config import Config, override, validate
-from samx.train.errors import ConfigError
-from samx.train.loop import RunResult, run
+from samx.train.config import Config, override, to_dict, validate
+from samx.train.errors import ConfigError, RunDirectoryError
+from samx.train.loop import RunResult, finished_run, run
 from samx.train.methods import METHODS
+from samx.train.run_dir import inspect_run, strict_json
 
 TABLE_COLUMNS = (
     ("optimizer", "{}"), ("best test acc", "{:.3f}"), ("at epoch", "{}"),
@@ -45,7 +45,11 @@ def parse_optimizer_spec(spec: str) -> tuple[str, list[str]]:
       type(getattr(Config(), section)))}
   assignments = [f"optimizer.name={name}"]
   for setting in settings:
-    key = setting.split("=", 1)[0].strip()
+    key, sep, _ = setting.partition("=")
+    key = key.strip()
+    if not sep or not key:
+      raise ConfigError(f"--optimizers entries look like NAME or NAME+key=value (e.g. "
+                        f"sam+rho=0.1+group_size=1); got {spec!r}.")
     if "." in key:
       assignments.append(setting)
     else:
@@ -107,21 +111,80 @@ def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | path
   return path
 
 
+def _differences(stored: Config, wanted: Config) -> list[str]:
+  """``key: stored -> wanted`` for each configuration key that differs."""
+
+  def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+      if isinstance(value, dict) and key != "options":
+        out.update(flat(value, f"{prefix}{key}."))
+      else:
+        out[f"{prefix}{key}"] = value
+    return out
+
+  a, b = flat(to_dict(stored)), flat(to_dict(wanted))
+  return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in b if a.get(key) != b.get(key)]
+
+
+def _plan(configs: dict[str, Config], out_dir: pathlib.Path, overwrite: bool
+          ) -> dict[str, str]:
+  """What to do with each entry's run directory: ``train``, ``reuse`` (finished with the same
+  configuration), ``resume`` (unfinished, with a checkpoint), ``retrain`` (unfinished, no
+  checkpoint; the same configuration) or ``overwrite`` (another configuration, replaced on
+  request). Raises :class:`RunDirectoryError`,
+  before anything trains, naming every directory that holds a run with another
+  configuration."""
+  plan, conflicts = {}, []
+  for label, config in configs.items():
+    status = inspect_run(out_dir / run_dir_name(label))
+    if status.kind == "new":
+      plan[label] = "train"
+    elif to_dict(status.config) != to_dict(config) and overwrite:
+      plan[label] = "overwrite"
+    elif to_dict(status.config) != to_dict(config):
+      changed = _differences(status.config, config)
+      conflicts.append(f"{out_dir / run_dir_name(label)} ({'; '.join(changed[:3])}"
+                       f"{'; ...' if len(changed) > 3 else ''})")
+    else:
+      plan[label] = {"finished": "reuse", "resumable": "resume",
+                     "unfinished": "retrain"}[status.kind]
+  if conflicts:
+    raise RunDirectoryError(
+        f"these run directories hold runs with another configuration: {', '.join(conflicts)}. "
+        f"Nothing was trained. Write to another directory (--out), or replace them with "
+        f"--overwrite.")
+  return plan
+
+
+def run_dir_name(label: str) -> str:
+  """The run directory of a ``--optimizers`` entry under the comparison's directory."""
+  return label.replace("=", "-")
+
+
 def compare(
     config: Config,
     optimizers: Sequence[str],
     out_dir: str | pathlib.Path | None = None,
     *,
+    overwrite: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, RunResult]:
   """Runs ``config`` once per entry of ``optimizers`` and writes the table and the plot.
 
   Each entry is an optimizer name (``sgd``, ``sam``, ``saner``, ``jsam``, ...) optionally
-  followed by ``+key=value`` settings of the optimizer section (``sam+group_size=1`` is
-  1-SAM). Every run uses the same data, noise, initialisation and batch order. ``out_dir``
+  followed by ``+key=value`` settings (see :func:`parse_optimizer_spec`; ``sam+group_size=1``
+  is 1-SAM). Every run uses the same data, noise, initialisation and batch order. ``out_dir``
   (if given) receives one run directory per entry, ``compare.md``/``compare.json`` (the
   table) and ``compare.png`` (the plot).
+
+  Running the same comparison again reuses each finished run whose stored configuration is
+  the one asked for, continues unfinished ones from their checkpoints (or trains them again
+  when they have none), trains what is missing, and rewrites the table and the plot. Every
+  entry and every run directory is checked before anything trains: a directory that holds a
+  run with another configuration stops the comparison, unless ``overwrite=True``, which
+  replaces those runs.
   """
   specs = [parse_optimizer_spec(spec) for spec in optimizers]
   if not specs:
@@ -133,24 +196,30 @@ def compare(
   for checked in configs.values():  # every entry is checked before any training starts
     validate(checked)
   out_dir = None if out_dir is None else pathlib.Path(out_dir)
+  plan = ({label: "train" for label in configs} if out_dir is None else
+          _plan(configs, out_dir, overwrite))
+  say = log if log is not None else (lambda _: None)
   results = {}
   for label, run_config in configs.items():
-    if log is not None:
-      log(f"\n== {label} ==")
-    run_dir = None if out_dir is None else out_dir / label.replace("=", "-")
-    results[label] = run(run_config, run_dir, progress=progress, log=log)
+    run_dir = None if out_dir is None else out_dir / run_dir_name(label)
+    action = plan[label]
+    say(f"\n== {label} =={'' if action == 'train' else ' (' + action + ')'}")
+    if action == "reuse":
+      results[label] = finished_run(run_dir)
+      continue
+    results[label] = run(run_config, run_dir, resume=action == "resume",
+                         overwrite=action in ("retrain", "overwrite"), progress=progress,
+                         log=log)
   summaries = {label: result.summary for label, result in results.items()}
-  if log is not None:
-    log("\n" + format_table(summaries))
+  say("\n" + format_table(summaries))
   if out_dir is not None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.md").write_text(format_table(summaries, markdown=True) + "\n")
-    (out_dir / "compare.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    (out_dir / "compare.json").write_text(strict_json(summaries, indent=2) + "\n")
     first = next(iter(results.values()))
     title = (f"{first.summary['dataset']}, {first.summary['noise_rate']:.0%} noisy labels, "
              f"{config.model.name}")
     path = plot_comparison({label: r.history for label, r in results.items()},
                            out_dir / "compare.png", title=title)
-    if log is not None:
-      log(f"\ntable: {out_dir / 'compare.md'}   plot: {path}")
+    say(f"\ntable: {out_dir / 'compare.md'}   plot: {path}")
   return results

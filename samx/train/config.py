@@ -124,6 +124,11 @@ class OptimizerConfig:
     base: ``sgd`` (with ``momentum``, ``nesterov``) or ``adam``.
     learning_rate: the peak learning rate (shaped by the schedule).
     weight_decay: added to the update after the samx transform (coupled, as in the papers).
+    skip_nonfinite: ``0`` (the default): a NaN or infinite loss or parameter stops the run with
+      a message. ``N > 0``: a step whose final update is not finite is skipped (the parameters
+      and optimizer state stay as they were), up to ``N`` in a row; the epoch's
+      ``skipped_step_fraction`` counts them (see :func:`samx.train.optimizer.
+      skip_nonfinite_updates`).
   """
 
   name: str = "sgd"
@@ -137,6 +142,7 @@ class OptimizerConfig:
   momentum: float = 0.9
   nesterov: bool = False
   weight_decay: float = 5e-4
+  skip_nonfinite: int = 0
 
   def shared_options(self) -> dict[str, Any]:
     """The options every sharpness-aware transform takes, as its keyword arguments."""
@@ -494,6 +500,7 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(o.learning_rate > 0, "optimizer.learning_rate", "> 0", o.learning_rate)
   _check(0 <= o.momentum < 1, "optimizer.momentum", "in [0, 1)", o.momentum)
   _check(o.weight_decay >= 0, "optimizer.weight_decay", ">= 0", o.weight_decay)
+  _check(o.skip_nonfinite >= 0, "optimizer.skip_nonfinite", ">= 0", o.skip_nonfinite)
   _check(s.kind in SCHEDULES, "schedule.kind", f"one of {', '.join(SCHEDULES)}", s.kind)
   _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", ">= 0", s.warmup_epochs)
   _check(all(0 < b < 1 for b in s.boundaries) and list(s.boundaries) == sorted(s.boundaries),

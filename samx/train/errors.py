@@ -1,5 +1,20 @@
-"""The engine's one error type."""
+"""The engine's errors: a configuration it cannot train with, and runs that stop early."""
 
 
 class ConfigError(ValueError):
   """A configuration value that samx cannot train with; the message names the key."""
+
+
+class RunDirectoryError(FileExistsError):
+  """A run directory holds a run that the request would overwrite or cannot continue; the
+  message names it and the ways on."""
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or the parameters became NaN or infinite; the message names the step, the epoch,
+  the last finite loss and what to try. The run directory keeps the metrics and the checkpoint
+  of the last good epoch."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """The run was interrupted (Ctrl-C); the message says where it stopped and how to resume."""

@@ -14,8 +14,19 @@ import numpy as np
 from samx.data import pipeline
 from samx.train import checkpoints
 from samx.train.config import Config
+from samx.train.errors import RunDirectoryError, TrainingDivergedError, TrainingInterrupted
 from samx.train.progress import ProgressBar, epoch_line
-from samx.train.run_dir import RunDirectory, is_writer, load_run_config
+from samx.train.run_dir import (
+    RunDirectory,
+    RunStatus,
+    inspect_run,
+    is_writer,
+    load_run_config,
+    read_history,
+    read_summary,
+    refuse_to_overwrite,
+    remove_run,
+)
 from samx.train.step import TrainState
 from samx.train.trainer import BATCH_AXIS, Trainer, make_trainer
 from samx.train.training_data import TrainingData
@@ -26,7 +37,7 @@ class RunResult(NamedTuple):
 
   history: list[dict[str, Any]]
   summary: dict[str, Any]
-  state: TrainState
+  state: TrainState | None  # None for a finished run read back from its directory
   config: Config
   run_dir: pathlib.Path | None
 
@@ -38,6 +49,12 @@ def parameter_count(state: TrainState) -> int:
 def method_label(config: Config) -> str:
   """The optimizer's name, with ``+penalty`` when the penalty regulariser is on."""
   return config.optimizer.name + ("+penalty" if config.penalty.active else "")
+
+
+def finished_run(run_dir: str | pathlib.Path) -> RunResult:
+  """The :class:`RunResult` of a finished run directory, read back (``state`` is ``None``)."""
+  return RunResult(read_history(run_dir), read_summary(run_dir), None,
+                   load_run_config(run_dir), pathlib.Path(run_dir))
 
 
 class BestEpoch:
@@ -55,9 +72,52 @@ class BestEpoch:
       self.accuracy, self.epoch = accuracy, record["epoch"]
 
 
+# How often the loop looks at a recent step's finiteness flag during an epoch, and how far it
+# looks back: a flag LAG steps old has long been computed, so reading it does not stall the
+# device, and a run that diverges mid-epoch stops within about CHECK_EVERY steps.
+CHECK_EVERY, LAG = 100, 10
+
+
+class Divergence(NamedTuple):
+  """Where a run stopped being finite: the step, and the last finite loss before it."""
+
+  step: int
+  loss: float
+  last_finite_step: int | None
+  last_finite_loss: float | None
+
+
+def _first_divergence(step_metrics: list[dict[str, Any]], first_step: int) -> Divergence | None:
+  for i, metrics in enumerate(step_metrics):
+    if metrics["nonfinite"] > 0:
+      finite = [(j, float(m["loss"])) for j, m in enumerate(step_metrics[:i])
+                if np.isfinite(m["loss"])]
+      last_step, last_loss = finite[-1] if finite else (None, None)
+      return Divergence(first_step + i + 1, float(metrics["loss"]),
+                        None if last_step is None else first_step + last_step + 1, last_loss)
+  return None
+
+
+def _epoch_means(step_metrics: list[dict[str, Any]]) -> dict[str, float]:
+  """Each step metric averaged over the epoch (``loss``, ``accuracy`` as ``step_*``); the
+  finiteness flag is dropped, skipped steps (non-finite losses) are left out of the loss."""
+  means = {}
+  for name in step_metrics[0]:
+    if name == "nonfinite":
+      continue
+    values = np.asarray([m[name] for m in step_metrics], np.float64)
+    finite = values[np.isfinite(values)]
+    key = {"loss": "step_loss", "accuracy": "step_accuracy",
+           "skipped": "skipped_step_fraction"}.get(name, name)
+    means[key] = float(finite.mean()) if len(finite) else float("nan")
+  return means
+
+
 def _train_epoch(trainer: Trainer, step_fn, state: TrainState, arrays: dict[str, np.ndarray],
-                 epoch: int, bar: ProgressBar) -> tuple[TrainState, dict[str, float], float]:
-  """One pass over the training split: the new state, the epoch's mean step metrics, seconds."""
+                 epoch: int, bar: ProgressBar
+                 ) -> tuple[TrainState, dict[str, float], float, Divergence | None]:
+  """One pass over the training split: the new state, the epoch's mean step metrics, seconds,
+  and where the run diverged if it did (the pass then ends early)."""
   config = trainer.config
   step_metrics = []
   started = time.perf_counter()
@@ -66,11 +126,28 @@ def _train_epoch(trainer: Trainer, step_fn, state: TrainState, arrays: dict[str,
     state, metrics = step_fn(state, batch)
     step_metrics.append(metrics)
     bar.update(metrics)
+    if len(step_metrics) % CHECK_EVERY == 0 and float(step_metrics[-LAG]["nonfinite"]) > 0:
+      break
   step_metrics = jax.device_get(step_metrics)
   seconds = time.perf_counter() - started
-  means = {("step_" + name) if name in ("loss", "accuracy") else name:
-           float(np.mean([m[name] for m in step_metrics])) for name in step_metrics[0]}
-  return state, means, seconds
+  divergence = _first_divergence(step_metrics, epoch * trainer.steps_per_epoch)
+  return state, _epoch_means(step_metrics), seconds, divergence
+
+
+def _divergence_message(config: Config, divergence: Divergence, epoch: int) -> str:
+  o = config.optimizer
+  last = ("no finite loss before it in this epoch" if divergence.last_finite_loss is None else
+          f"the last finite loss was {divergence.last_finite_loss:.4g} at step "
+          f"{divergence.last_finite_step}")
+  tries = [f"a lower optimizer.learning_rate (now {o.learning_rate:g})"]
+  if o.name != "sgd":
+    tries.append(f"a lower optimizer.rho (now {o.rho:g})")
+  tries += [f"a learning-rate warmup (schedule.warmup_epochs, now "
+            f"{config.schedule.warmup_epochs:g})",
+            "optimizer.skip_nonfinite=N to skip up to N non-finite steps in a row"]
+  return (f"training diverged at step {divergence.step} (epoch {epoch}): the loss became "
+          f"{divergence.loss}, or the parameters stopped being finite; {last}. Try "
+          f"{', '.join(tries[:-1])}, or {tries[-1]}.")
 
 
 def _summary(trainer: Trainer, state: TrainState, history: list[dict[str, Any]], best: BestEpoch,
@@ -98,6 +175,7 @@ def run(
     run_dir: str | pathlib.Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
     tensorboard: bool = False,
     log: Callable[[str], None] | None = print,
@@ -109,7 +187,15 @@ def run(
   JSON object per evaluated epoch), ``summary.json`` at the end, ``checkpoints/`` (orbax) and,
   with ``tensorboard=True``, ``tensorboard/``. With ``resume=True`` the run continues from
   the latest checkpoint in ``run_dir`` with the configuration stored there (``config`` is then
-  ignored and may be ``None``), and ends with the same metrics as an uninterrupted run.
+  ignored and may be ``None``), and ends with the same metrics as an uninterrupted run; a
+  finished run is returned as it is (``state`` ``None``), nothing rewritten. A directory that
+  already holds a run is never overwritten unless ``overwrite=True``, which deletes it and
+  trains again (with ``resume``, only a run that has no checkpoint to continue from).
+
+  Raises :class:`samx.train.errors.RunDirectoryError` for a directory it must not touch,
+  :class:`TrainingDivergedError` when the loss or the parameters stop being finite (the directory
+  keeps the metrics and the checkpoint of the last good epoch) and
+  :class:`TrainingInterrupted` on Ctrl-C (saying how to resume).
   ``progress=True`` shows a live bar where stderr is a terminal; one line per epoch goes to
   ``log`` in any case.
 
@@ -124,22 +210,36 @@ def run(
   """
   say = log if log is not None and is_writer() else (lambda _: None)
   directory = None if run_dir is None else RunDirectory(run_dir, tensorboard=tensorboard)
-  if resume:
-    if directory is None:
-      raise ValueError("resume=True needs the run_dir of the run to continue.")
-    config = load_run_config(directory.path)
+  if resume and directory is None:
+    raise ValueError("resume=True needs the run_dir of the run to continue.")
+  status = RunStatus("new", None, None) if directory is None else inspect_run(directory.path)
+  if resume:  # what the directory holds is checked before any data is loaded
+    if status.kind == "new":
+      load_run_config(directory.path)  # raises: not a run directory
+    if status.kind == "finished":
+      say(f"{directory.path} is finished (summary.json); nothing to resume.")
+      return finished_run(directory.path)
+    if status.kind == "unfinished" and not overwrite:
+      raise RunDirectoryError(
+          f"{directory.path} holds an unfinished run with no checkpoint to continue from "
+          f"(checkpoint_every={status.config.checkpoint_every}); start it again from epoch 0 "
+          f"with --overwrite, or choose another run directory.")
+    config = status.config
+  elif status.kind != "new" and not overwrite:
+    refuse_to_overwrite(directory.path, status)
+  if directory is not None and overwrite and (not resume or status.kind == "unfinished"):
+    remove_run(directory.path)
+    status = RunStatus("new", None, None)
   trainer = make_trainer(config, data)
   state = trainer.init()
   start_epoch, history, manager = 0, [], None
   if directory is not None:
-    directory.start(config, resume=resume)
+    directory.start(config)
     if config.checkpoint_every:
       manager = checkpoints.manager(directory.path, keep=config.keep_checkpoints)
-    if resume:
-      latest = None if manager is None else manager.latest_step()
-      if latest is not None:
-        state = checkpoints.restore(manager, latest, state)
-        start_epoch = latest
+    if status.kind == "resumable":
+      state = checkpoints.restore(manager, status.latest_checkpoint, state)
+      start_epoch = status.latest_checkpoint
       history = directory.continue_after(start_epoch)
       say(f"resuming {directory.path} after epoch {start_epoch}")
 
@@ -160,35 +260,79 @@ def run(
   best = BestEpoch(history)
   train_seconds = sum(r.get("epoch_seconds", 0.0) for r in history)
 
-  for epoch in range(start_epoch, config.epochs):
-    bar.start_epoch(epoch + 1)
-    state, step_means, epoch_seconds = _train_epoch(trainer, step_fn, state, step_arrays, epoch,
-                                                    bar)
+  try:
+    for epoch in range(start_epoch, config.epochs):
+      state, train_seconds = _epoch(trainer, step_fn, state, step_arrays, epoch, bar, evaluator,
+                                    best, history, directory, manager, train_seconds, say)
+  except KeyboardInterrupt as interrupt:
     bar.end_epoch()
-    train_seconds += epoch_seconds
-    steps = (epoch + 1) * trainer.steps_per_epoch
-    record: dict[str, Any] = {"epoch": epoch + 1, "step": steps,
-                              "learning_rate": float(trainer.learning_rate(steps - 1)),
-                              **step_means}
-    if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-      record.update(evaluator.metrics(state))
-      best.update(record)
-    record.update(best_test_accuracy=best.accuracy, best_epoch=best.epoch,
-                  epoch_seconds=epoch_seconds,
-                  images_per_second=trainer.steps_per_epoch * config.batch_size / epoch_seconds,
-                  steps_per_second=trainer.steps_per_epoch / epoch_seconds)
-    history.append(record)
+    latest = _close(manager)
     if directory is not None:
-      directory.append(record)
-    if manager is not None and ((epoch + 1) % config.checkpoint_every == 0
-                                or epoch + 1 == config.epochs):
-      checkpoints.save(manager, epoch + 1, state)
-    say(epoch_line(record, config.epochs))
-  if manager is not None:
-    manager.wait_until_finished()
-    manager.close()
+      directory.close()
+    where = "" if directory is None else (
+        f"; continue it with: samx train --resume {directory.path}" if latest else
+        f"; {directory.path} has no checkpoint to continue from")
+    raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} of {config.epochs}; the latest "
+                              f"checkpoint is {'epoch ' + str(latest) if latest else 'none'}"
+                              f"{where}.") from interrupt
+  except TrainingDivergedError as diverged:
+    latest = _close(manager)
+    message = str(diverged)
+    if directory is not None:
+      directory.close()
+      message += (f" {directory.path} keeps the metrics of epochs 1-{len(history)}"
+                  if history else f" {directory.path} keeps no epoch")
+      message += (f" and the checkpoint of epoch {latest}." if latest else " and no checkpoint.")
+    raise TrainingDivergedError(message) from None
+  _close(manager)
 
   summary = _summary(trainer, state, history, best, train_seconds, compile_seconds)
   if directory is not None:
     directory.finish(summary)
   return RunResult(history, summary, state, config, None if directory is None else directory.path)
+
+
+def _close(manager) -> int | None:
+  """Waits for the checkpoint manager's saves, closes it, and returns its latest epoch."""
+  if manager is None:
+    return None
+  manager.wait_until_finished()
+  latest = manager.latest_step()
+  manager.close()
+  return latest
+
+
+def _epoch(trainer: Trainer, step_fn, state: TrainState, step_arrays: dict[str, np.ndarray],
+           epoch: int, bar: ProgressBar, evaluator, best: BestEpoch,
+           history: list[dict[str, Any]], directory: RunDirectory | None, manager,
+           train_seconds: float, say: Callable[[str], None]) -> tuple[TrainState, float]:
+  """Trains and records one epoch; raises :class:`TrainingDivergedError` (recording nothing of the
+  epoch) if the run stops being finite."""
+  config = trainer.config
+  bar.start_epoch(epoch + 1)
+  state, step_means, epoch_seconds, divergence = _train_epoch(
+      trainer, step_fn, state, step_arrays, epoch, bar)
+  bar.end_epoch()
+  if divergence is not None:
+    raise TrainingDivergedError(_divergence_message(config, divergence, epoch + 1))
+  train_seconds += epoch_seconds
+  steps = (epoch + 1) * trainer.steps_per_epoch
+  record: dict[str, Any] = {"epoch": epoch + 1, "step": steps,
+                            "learning_rate": float(trainer.learning_rate(steps - 1)),
+                            **step_means}
+  if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+    record.update(evaluator.metrics(state))
+    best.update(record)
+  record.update(best_test_accuracy=best.accuracy, best_epoch=best.epoch,
+                epoch_seconds=epoch_seconds,
+                images_per_second=trainer.steps_per_epoch * config.batch_size / epoch_seconds,
+                steps_per_second=trainer.steps_per_epoch / epoch_seconds)
+  history.append(record)
+  if directory is not None:
+    directory.append(record)
+  if manager is not None and ((epoch + 1) % config.checkpoint_every == 0
+                              or epoch + 1 == config.epochs):
+    checkpoints.save(manager, epoch + 1, state)
+  say(epoch_line(record, config.epochs))
+  return state, train_seconds
+

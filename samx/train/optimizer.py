@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from samx.train.config import Config, OptimizerConfig, ScheduleConfig, method_section
@@ -40,9 +44,44 @@ def learning_rate_schedule(optimizer: OptimizerConfig, schedule: ScheduleConfig,
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
+def skip_nonfinite_updates(inner: optax.GradientTransformation, max_consecutive: int
+                           ) -> optax.GradientTransformationExtraArgs:
+  """``inner``, but a step whose *final* update is not finite is skipped: the update is zero and
+  ``inner``'s state stays as it was, up to ``max_consecutive`` steps in a row (then the update
+  is applied, and the run's finiteness check stops it).
+
+  Unlike ``optax.apply_if_finite``, which looks at the incoming gradient, this looks at what
+  ``inner`` makes of it, so it also catches a finite gradient that the samx transform at the
+  head of the chain turns non-finite (a perturbed pass that overflows). Its state is an
+  ``optax.ApplyIfFiniteState``.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params: Any) -> optax.ApplyIfFiniteState:
+    return optax.ApplyIfFiniteState(
+        notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True),
+        total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
+
+  def update(updates: Any, state: optax.ApplyIfFiniteState, params: Any = None,
+             **extra_args: Any) -> tuple[Any, optax.ApplyIfFiniteState]:
+    new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(new_updates)]))
+    count = jnp.where(finite, 0, optax.safe_increment(state.notfinite_count))
+    accept = finite | (count > max_consecutive)
+    new_updates = optax.tree.where(accept, new_updates, optax.tree.zeros_like(new_updates))
+    inner_state = optax.tree.where(accept, inner_state, state.inner_state)
+    return new_updates, optax.ApplyIfFiniteState(
+        notfinite_count=count, last_finite=finite,
+        total_notfinite=state.total_notfinite + (~finite).astype(jnp.int32),
+        inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 def build_optimizer(config: Config, learning_rate: optax.Schedule, steps_per_epoch: int
                     ) -> optax.GradientTransformationExtraArgs:
-  """``chain(method's samx transform, add_decayed_weights, sgd | adam)`` for ``config``."""
+  """``chain(method's samx transform, add_decayed_weights, sgd | adam)`` for ``config``, inside
+  :func:`skip_nonfinite_updates` when ``optimizer.skip_nonfinite > 0``."""
   o = config.optimizer
   head = build_transform(o.name, o.shared_options(), method_section(config), steps_per_epoch)
   parts = [] if head is None else [head]
@@ -52,4 +91,7 @@ def build_optimizer(config: Config, learning_rate: optax.Schedule, steps_per_epo
     parts.append(optax.sgd(learning_rate, momentum=o.momentum or None, nesterov=o.nesterov))
   else:
     parts.append(optax.adam(learning_rate))
-  return optax.chain(*parts)
+  chain = optax.chain(*parts)
+  if o.skip_nonfinite:
+    return skip_nonfinite_updates(chain, o.skip_nonfinite)
+  return chain

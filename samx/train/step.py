@@ -100,15 +100,24 @@ def per_example_loss_fn(penalty: PenaltyConfig) -> Callable[[PyTree, jax.Array],
   return losses
 
 
+def _all_finite(tree: PyTree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformationExtraArgs, method: Method, *,
     penalty: PenaltyConfig, normalization: Normalization, augment: bool, seed: int,
+    skips_nonfinite: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The training step of a model (``graphdef``), an optax chain and a method.
 
   The batch holds ``input`` and ``label``. The step's metrics are the clean pass's ``loss``
-  and ``accuracy`` and the method's own (e.g. SANER's group fractions). Augmentation draws
-  from ``seed`` and the step count, so a resumed run sees the same crops and flips.
+  and ``accuracy``, the method's own (e.g. SANER's group fractions) and ``nonfinite``: 1.0
+  where the new parameters are not all finite, or (unless ``skips_nonfinite``: the chain is in
+  ``optax.apply_if_finite``, and ``skipped`` says which steps it skipped) where the loss is not
+  finite. The loop reads these flags with the other metrics, with no extra host sync.
+  Augmentation draws from ``seed`` and the step count, so a resumed run sees the same crops and
+  flips.
   """
   base_key = jax.random.key(seed)
   loss_fn = per_example_loss_fn(penalty)
@@ -140,6 +149,13 @@ def make_train_step(
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32)}
     if method.step_metrics is not None:
       metrics.update(method.step_metrics(opt_state))
+    bad = ~_all_finite(params)
+    if skips_nonfinite:
+      metrics["skipped"] = 1.0 - optax.tree_utils.tree_get(opt_state, "last_finite").astype(
+          jnp.float32)
+    else:
+      bad = bad | ~jnp.isfinite(loss)
+    metrics["nonfinite"] = bad.astype(jnp.float32)
     return TrainState(state.step + 1, params, model_state, opt_state), metrics
 
   return train_step

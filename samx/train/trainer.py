@@ -113,7 +113,8 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
 
   train_step = make_train_step(
       graphdef, tx, method(config.optimizer.name), penalty=config.penalty,
-      normalization=normalization, augment=config.data.augment, seed=config.seed)
+      normalization=normalization, augment=config.data.augment, seed=config.seed,
+      skips_nonfinite=config.optimizer.skip_nonfinite > 0)
   return Trainer(
       config=config, data=data, mesh=mesh, graphdef=graphdef, eval_graphdef=eval_graphdef,
       tx=tx, steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,

@@ -52,8 +52,12 @@ def test_train_then_compare(tmp_path, capsys):
   assert json.loads((run_dir / "config.json").read_text())["optimizer"]["name"] == "sam"
   assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
   assert cli.main(["train", "--no-progress", "--run-dir", str(run_dir), *QUICK]) == 2
-  assert "already holds a run" in capsys.readouterr().err
+  assert "already holds a finished run" in capsys.readouterr().err
+  before = (run_dir / "metrics.jsonl").stat().st_mtime_ns
   assert cli.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0  # already done
+  out = capsys.readouterr().out
+  assert "is finished" in out and f"run directory: {run_dir}" in out
+  assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == before  # nothing rewritten
   out_dir = tmp_path / "cmp"
   assert cli.main(["compare", "--optimizers", "sgd,sam", "--out", str(out_dir), *QUICK]) == 0
   table = capsys.readouterr().out

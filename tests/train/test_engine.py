@@ -141,7 +141,7 @@ def test_run_directory_holds_config_metrics_and_summary(tmp_path):
   assert summary["final_test_accuracy"] == result.history[-1]["test_accuracy"]
   assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [
       "1", "2"]
-  with pytest.raises(FileExistsError, match="--resume"):
+  with pytest.raises(train.RunDirectoryError, match="finished run.*--overwrite"):
     train.run(result.config, run_dir, log=None)
 
 

@@ -68,4 +68,4 @@ def test_resume_refuses_overrides_and_unknown_directories(tmp_path):
   assert result.returncode == 2 and "is not a samx run directory" in result.stderr
   command, env = samx_train("--resume", str(tmp_path), "--set", "epochs=3")
   result = subprocess.run(command, env=env, capture_output=True, text=True)
-  assert result.returncode == 2 and "drop --preset and --set" in result.stderr
+  assert result.returncode == 2 and "drop --preset, --set" in result.stderr
