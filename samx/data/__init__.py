@@ -1,6 +1,7 @@
 """Datasets in memory (uint8 NHWC images, int32 labels) with controlled, recorded label noise."""
 
 from samx.data import noise, synthetic
+from samx.data._checks import CorruptFileError
 from samx.data._dataset import Dataset
 from samx.data._fetch import fetch
 from samx.data._idx import read_idx
@@ -10,6 +11,7 @@ from samx.data.dominoes import dominoes
 from samx.data.noise import NoisyLabels
 
 __all__ = [
+    "CorruptFileError",
     "Dataset",
     "NoisyLabels",
     "default_cache_dir",

@@ -13,50 +13,62 @@ import pathlib
 
 import numpy as np
 
-from samx.data._file_tree import FileTree
+from samx.data._checks import corrupt
+from samx.data._file_tree import Tree, read_tree
 
 _PIXELS = 32 * 32 * 3
 CIFAR10_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
 CIFAR100_FILES = {"train": ["train.bin"], "test": ["test.bin"]}
 
 
-def _records(raw: bytes, label_bytes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-  record = label_bytes + _PIXELS
+def _read(source: pathlib.Path, names: list[str]) -> Tree:
+  """The files ``names`` (base names, at any depth) of the folder or archive, in one pass."""
+  return read_tree(source, lambda path: pathlib.PurePosixPath(path).name in names)
+
+
+def _records(tree: Tree, name: str, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+  path, record = tree.find(name), label_bytes + _PIXELS
+  raw = tree.contents[path]
   if len(raw) % record:
-    raise ValueError(f"{name}: corrupt CIFAR binary file: {len(raw)} bytes is not a whole number "
-                     f"of {record}-byte records.")
+    raise corrupt(tree.where(path), f"corrupt CIFAR binary file: {len(raw)} bytes is not "
+                  f"a whole number of {record}-byte records")
   table = np.frombuffer(raw, np.uint8).reshape(-1, record)
   images = table[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return table[:, :label_bytes].astype(np.int32), np.ascontiguousarray(images)
 
 
-def _names(raw: bytes) -> tuple[str, ...]:
-  return tuple(line.strip() for line in raw.decode("ascii").splitlines() if line.strip())
+def _names(tree: Tree, name: str) -> tuple[str, ...]:
+  path = tree.find(name)
+  try:
+    text = tree.contents[path].decode("ascii")
+  except UnicodeDecodeError as error:
+    raise corrupt(tree.where(path), f"corrupt class names file ({error})") from error
+  return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def read_cifar10(source: pathlib.Path, split: str):
   """``(images, labels, class_names)`` of one CIFAR-10 split from its binary folder or archive."""
-  with FileTree(source) as files:
-    parts = [_records(files.read(files.find(name)), 1, name) for name in CIFAR10_FILES[split]]
-    class_names = _names(files.read(files.find("batches.meta.txt")))
+  tree = _read(source, [*CIFAR10_FILES[split], "batches.meta.txt"])
+  parts = [_records(tree, name, 1) for name in CIFAR10_FILES[split]]
+  class_names = _names(tree, "batches.meta.txt")
   labels = np.concatenate([p[0][:, 0] for p in parts])
   images = np.concatenate([p[1] for p in parts])
   if len(class_names) != 10 or labels.max(initial=0) >= 10:
-    raise ValueError(f"{source}: corrupt CIFAR-10 data: {len(class_names)} class names, labels "
-                     f"up to {labels.max(initial=0)}.")
+    raise corrupt(source, f"corrupt CIFAR-10 data: {len(class_names)} class names, labels up to "
+                  f"{labels.max(initial=0)}")
   return images, labels, class_names
 
 
 def read_cifar100(source: pathlib.Path, split: str):
   """``(images, fine_labels, fine_names, coarse_labels, coarse_names)`` of one CIFAR-100 split."""
-  with FileTree(source) as files:
-    name = CIFAR100_FILES[split][0]
-    labels, images = _records(files.read(files.find(name)), 2, name)
-    fine_names = _names(files.read(files.find("fine_label_names.txt")))
-    coarse_names = _names(files.read(files.find("coarse_label_names.txt")))
+  tree = _read(source, [*CIFAR100_FILES[split], "fine_label_names.txt", "coarse_label_names.txt"])
+  labels, images = _records(tree, CIFAR100_FILES[split][0], 2)
+  fine_names = _names(tree, "fine_label_names.txt")
+  coarse_names = _names(tree, "coarse_label_names.txt")
   coarse, fine = labels[:, 0], labels[:, 1]
   if (len(fine_names), len(coarse_names)) != (100, 20) or fine.max(initial=0) >= 100 or (
       coarse.max(initial=0) >= 20):
-    raise ValueError(f"{source}: corrupt CIFAR-100 data: {len(fine_names)} fine and "
-                     f"{len(coarse_names)} coarse class names.")
+    raise corrupt(source, f"corrupt CIFAR-100 data: {len(fine_names)} fine and "
+                  f"{len(coarse_names)} coarse class names, fine labels up to "
+                  f"{fine.max(initial=0)}, coarse labels up to {coarse.max(initial=0)}")
   return images, fine, fine_names, coarse, coarse_names

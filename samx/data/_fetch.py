@@ -8,8 +8,11 @@ import shutil
 import tempfile
 import urllib.request
 
+import numpy as np
+
+from samx.data._checks import CorruptFileError
 from samx.data._idx import read_idx
-from samx.data._sources import resolve_data_dir
+from samx.data._sources import idx_shape, resolve_data_dir
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -26,8 +29,9 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *,
   """Downloads the IDX files of ``mnist`` or ``fashion_mnist`` into ``data_dir/<folder>``.
 
   Files already there are kept. Each download goes to a temporary file, is decoded as IDX
-  (a truncated or corrupt file raises ``ValueError`` and is not kept) and is then moved into
-  place, so :func:`samx.data.load` finds it afterwards. ``base_url`` replaces the official
+  and checked against the official shape (a truncated, corrupt or wrong file raises
+  ``CorruptFileError``, a ``ValueError``, and is not kept) and is then moved into place, so
+  :func:`samx.data.load` finds it afterwards. ``base_url`` replaces the official
   mirror (any URL ``urllib`` opens, ``file://`` included).
 
   Returns:
@@ -47,9 +51,10 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *,
           urllib.request.urlopen(base + file_name) as response):
       shutil.copyfileobj(response, partial)
     try:
-      read_idx(partial.name)
+      read_idx(partial.name, expected_dtype=np.uint8, expected_shape=idx_shape(name, file_name))
     except Exception as error:
       os.unlink(partial.name)
-      raise ValueError(f"{name}: the download of {base + file_name} is corrupt: {error}") from error
+      raise CorruptFileError(f"{name}: the download of {base + file_name} is corrupt: "
+                             f"{error}") from error
     os.replace(partial.name, target)
   return folder

@@ -6,6 +6,9 @@ import os
 import pathlib
 from collections.abc import Callable
 
+import numpy as np
+
+from samx.data._checks import corrupt
 from samx.data._cifar import read_cifar10, read_cifar100
 from samx.data._dataset import Dataset
 from samx.data._idx import read_idx
@@ -15,6 +18,15 @@ SPLITS = ("train", "test")
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
+# The official datasets' sizes, which every load is checked against: a truncated, damaged or
+# swapped file shows as another count. (Tests of the readers on small files patch this table.)
+OFFICIAL_SIZES = {  # name: ({split: examples}, classes)
+    "mnist": ({"train": 60_000, "test": 10_000}, 10),
+    "fashion_mnist": ({"train": 60_000, "test": 10_000}, 10),
+    "cifar10": ({"train": 50_000, "test": 10_000}, 10),
+    "cifar100": ({"train": 50_000, "test": 10_000}, 100),
+}
+IDX_IMAGE_SHAPE = (28, 28)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -35,23 +47,40 @@ def _first_existing(candidates: list[pathlib.Path], dataset: str, hint: str) -> 
       f"tensorflow-datasets as 'tfds:{dataset}' (pip install 'samx[tfds]').")
 
 
+def check_official_size(dataset: str, split: str, source: pathlib.Path, examples: int,
+                        classes: int) -> None:
+  """Raises, naming ``source``, unless a split has the official numbers of examples and classes."""
+  sizes, num_classes = OFFICIAL_SIZES[dataset]
+  if (examples, classes) != (sizes[split], num_classes):
+    raise corrupt(source, f"not the official {dataset} {split} split: expected {sizes[split]} "
+                  f"examples of {num_classes} classes, found {examples} of {classes} (a truncated, "
+                  "damaged or incomplete copy, or another dataset)")
+
+
+def idx_shape(dataset: str, file_name: str) -> tuple[int, ...]:
+  """The shape the official IDX file ``file_name`` (e.g. ``t10k-labels-idx1-ubyte.gz``) holds."""
+  examples = OFFICIAL_SIZES[dataset][0]["train" if file_name.startswith("train") else "test"]
+  return (examples, *IDX_IMAGE_SHAPE) if "-images-" in file_name else (examples,)
+
+
 def _load_idx_dataset(folder_name: str, dataset: str, display: str, class_names, root, split,
                       cache_dir) -> Dataset:
   del cache_dir
   prefix = "train" if split == "train" else "t10k"
-  arrays = []
+  arrays, paths = [], []
   for kind, rank in (("images", 3), ("labels", 1)):
     stem = f"{prefix}-{kind}-idx{rank}-ubyte"
     candidates = [folder / name for folder in (root / folder_name, root)
                   for name in (stem + ".gz", stem)]
     path = _first_existing(candidates, dataset, f"It needs the IDX files, e.g. {stem}.gz.")
-    arrays.append(read_idx(path))
+    arrays.append(read_idx(path, expected_dtype=np.uint8, expected_shape=idx_shape(dataset, stem)))
+    paths.append(path)
   images, labels = arrays
-  if images.ndim != 3 or images.dtype.name != "uint8" or len(images) != len(labels):
-    raise ValueError(f"{dataset}: corrupt files: images {images.shape} {images.dtype}, labels "
-                     f"{labels.shape}.")
+  if labels.max(initial=0) >= len(class_names):
+    raise corrupt(paths[1], f"corrupt labels: up to {labels.max()}, expected [0, "
+                  f"{len(class_names)})")
   return Dataset(images[..., None], labels.astype("int32"), class_names, display, split,
-                 {"source": str(path.parent)})
+                 {"source": str(paths[0].parent)})
 
 
 def _load_cifar10(root: pathlib.Path, split: str, cache_dir) -> Dataset:
@@ -59,11 +88,15 @@ def _load_cifar10(root: pathlib.Path, split: str, cache_dir) -> Dataset:
   jpeg = [root / "cifar10-jpeg.tar.gz", root / "cifar10"]
   source = _first_existing(binary + jpeg, "cifar10", "It needs the official binary version "
                            "(cifar-10-binary.tar.gz) or an image folder train|test/<class>/.")
+  def check(images, labels, class_names):
+    check_official_size("cifar10", split, source, len(labels), len(class_names))
+
   if source in binary:
     images, labels, class_names = read_cifar10(source, split)
+    check(images, labels, class_names)
     name = "CIFAR-10"
   else:
-    images, labels, class_names = read_image_folder(source, split, cache_dir)
+    images, labels, class_names = read_image_folder(source, split, cache_dir, check)
     name = "CIFAR-10 (JPEG re-encoding)"
   return Dataset(images, labels, class_names, name, split, {"source": str(source)})
 
@@ -74,6 +107,7 @@ def _load_cifar100(root: pathlib.Path, split: str, cache_dir) -> Dataset:
                            "cifar100", "It needs the official binary version "
                            "(cifar-100-binary.tar.gz).")
   images, fine, fine_names, coarse, coarse_names = read_cifar100(source, split)
+  check_official_size("cifar100", split, source, len(fine), len(fine_names))
   return Dataset(images, fine, fine_names, "CIFAR-100", split,
                  {"source": str(source), "coarse_labels": coarse, "coarse_names": coarse_names})
 
@@ -116,8 +150,14 @@ def load(
   Returns:
     A :class:`samx.data.Dataset`.
 
+  Every load is checked: an archive is read to its real end (its compressed stream's checksum
+  included), the known datasets must have their official numbers of examples and classes, IDX
+  files the shape their names say, and an image folder's splits the same classes.
+
   Raises:
-    ValueError: for an unknown name or split, or a corrupt file.
+    CorruptFileError: (a ``ValueError``) naming the file, for a damaged, truncated or swapped
+      file or one of the wrong size, and saying what to do.
+    ValueError: for an unknown name or split.
     FileNotFoundError: naming every path that was looked for and what to do.
   """
   if split not in SPLITS:
