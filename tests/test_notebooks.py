@@ -43,3 +43,20 @@ def test_notebook_runs_top_to_bottom_in_cpu_mode(name, tmp_path, monkeypatch):
   errors = [output for cell in notebook.cells if cell.cell_type == "code"
             for output in cell.get("outputs", []) if output.get("output_type") == "error"]
   assert not errors
+  if name == "02_label_noise.ipynb":
+    check_label_noise_story(notebook, tmp_path / "runs" / "notebook-label-noise")
+
+
+def check_label_noise_story(notebook, out):
+  """The CPU setting shows what the text around it says: SGD's accuracy falls from its peak as
+  it memorizes, SAM and SANER memorize fewer noisy labels; the story cell says so too."""
+  summaries = json.loads((out / "compare.json").read_text())
+  sgd, sam, saner = (summaries[k] for k in ("sgd", "sam", "saner"))
+  assert sgd["best_test_accuracy"] - sgd["final_test_accuracy"] >= 0.01
+  assert sam["final_noisy_memorization"] < sgd["final_noisy_memorization"]
+  assert saner["final_noisy_memorization"] < sam["final_noisy_memorization"]
+  texts = ["".join(output["data"]["text/markdown"]) for cell in notebook.cells
+           if cell.cell_type == "code" for output in cell.get("outputs", [])
+           if "text/markdown" in output.get("data", {})]
+  story = next(text for text in texts if text.startswith("SGD's test accuracy peaks"))
+  assert "falls to" in story and "no fewer" not in story
