@@ -70,9 +70,10 @@ def optimizers(group_size: int, model_name: str = "mlp") -> dict[str, Callable[[
 def make_model(name: str, args: argparse.Namespace) -> tuple[nnx.Module, tuple[int, ...]]:
   if name == "mlp":
     hidden = (args.mlp_width, args.mlp_width)
-    return MLP(784, hidden, 10, rngs=nnx.Rngs(0)), (28, 28, 1)
+    return MLP(784, hidden, 10, dtype=jnp.dtype(args.dtype), rngs=nnx.Rngs(0)), (28, 28, 1)
   if name == "resnet18":
-    return resnet18(10, width=args.resnet_width, rngs=nnx.Rngs(0)), (32, 32, 3)
+    return resnet18(10, width=args.resnet_width, dtype=jnp.dtype(args.dtype),
+                    rngs=nnx.Rngs(0)), (32, 32, 3)
   raise ValueError(f"--models: unknown model {name!r}; choose from mlp, resnet18.")
 
 
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument("--resnet-width", type=float, default=0.25,
                       help="channel multiplier of ResNet-18 (1.0 = the standard 64-512)")
   parser.add_argument("--group-size", type=int, default=16, help="m of the m-SAM row")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="the models' compute dtype (parameters stay float32)")
   parser.add_argument("--optimizers", default=None,
                       help="comma-separated subset of the rows (sgd and sam are always run)")
   parser.add_argument("--rounds", type=int, default=7)
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   header = (f"device: {device.platform} ({device.device_kind}), {jax.device_count()} device(s), "
             f"host {platform.processor() or platform.machine()}; jax {jax.__version__}, "
             f"batch {args.batch_size}, MLP 784-{args.mlp_width}-{args.mlp_width}-10, ResNet-18 "
-            f"width {args.resnet_width}, rounds {args.rounds} x {args.steps} "
+            f"width {args.resnet_width}, {args.dtype}, rounds {args.rounds} x {args.steps} "
             "steps (median)")
   print(header)
   print(markdown(rows))

@@ -37,6 +37,7 @@ CPU_PRESETS = "quickstart,mnist-cpu,fashion-mnist-noise-cpu,saner-cifar10-cpu"
 
 
 def time_rounds(configs: dict[str, train.Config], steps: int, rounds: int) -> dict[str, dict]:
+  # Each config's own data.prefetch applies: batches are made that many steps ahead.
   """Per config: compiled step and a fresh batch iterator; rounds of ``steps`` steps, alternated."""
   runners = {}
   for name, config in configs.items():
@@ -51,7 +52,7 @@ def time_rounds(configs: dict[str, train.Config], steps: int, rounds: int) -> di
                                     mesh=trainer.mesh, batch_axis="data")
         epoch += 1
 
-    stream = batch_stream()
+    stream = pipeline.prefetch(batch_stream(), config.data.prefetch)
     first = next(stream)
     started = time.perf_counter()
     step = trainer.train_step.lower(state, first).compile()
@@ -78,10 +79,11 @@ def time_rounds(configs: dict[str, train.Config], steps: int, rounds: int) -> di
           for name, r in runners.items()}
 
 
-def throughput(presets: list[str], optimizers: list[str], steps: int, rounds: int) -> list[dict]:
+def throughput(presets: list[str], optimizers: list[str], steps: int, rounds: int,
+               settings: list[str] = ()) -> list[dict]:
   rows = []
   for preset in presets:
-    base = train.preset(preset)
+    base = train.override(train.preset(preset), list(settings))
     configs = {name: train.override(base, [f"optimizer.name={name}"]) for name in optimizers}
     results = time_rounds(configs, steps, rounds)
     reference = results[optimizers[0]]["times"]
@@ -93,6 +95,24 @@ def throughput(presets: list[str], optimizers: list[str], steps: int, rounds: in
       print(f"{preset:<26} {name:<8} {result['steps_per_second']:8.1f} steps/s "
             f"{result['images_per_second']:9.0f} img/s  x{statistics.median(ratios):.2f}",
             flush=True)
+  return rows
+
+
+def prefetch_effect(presets: list[str], dtype: str, steps: int, rounds: int) -> list[dict]:
+  """SGD's step on each preset with data.prefetch 0 and 2, timed in alternated rounds."""
+  rows = []
+  for preset in presets:
+    base = train.override(train.preset(preset), ["optimizer.name=sgd", f"model.dtype={dtype}"])
+    results = time_rounds({n: train.override(base, [f"data.prefetch={n}"]) for n in (0, 2)},
+                          steps, rounds)
+    ratios = [a / b for a, b in zip(results[2]["times"], results[0]["times"], strict=True)]
+    rows.append({"preset": preset, "optimizer": "sgd", "dtype": dtype,
+                 "images_per_second_0": results[0]["images_per_second"],
+                 "images_per_second_2": results[2]["images_per_second"],
+                 "time_2_over_0": statistics.median(ratios)})
+    print(f"{preset:<26} prefetch 0: {results[0]['images_per_second']:9.0f} img/s  "
+          f"prefetch 2: {results[2]['images_per_second']:9.0f} img/s  "
+          f"x{statistics.median(ratios):.3f}", flush=True)
   return rows
 
 
@@ -127,6 +147,12 @@ def main() -> None:
   parser.add_argument("--scaling-optimizer", default="sam")
   parser.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--output", type=pathlib.Path)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="model.dtype (parameters stay float32)")
+  parser.add_argument("--prefetch", type=int, default=2,
+                      help="data.prefetch: batches put on the devices ahead of the step")
+  parser.add_argument("--compare-prefetch", action="store_true",
+                      help="time each preset's SGD step with data.prefetch 0 and 2, alternated")
   args = parser.parse_args()
   if args.scaling:
     rows = scaling(args.scaling_preset, args.scaling_optimizer, args.steps, args.rounds)
@@ -139,9 +165,17 @@ def main() -> None:
       print(f"| {r['preset']} | {r['optimizer']} | {r['devices']} | "
             f"{1e3 * r['step_seconds']:.1f} | {r['images_per_second']:.0f} | "
             f"{r['ratio_to_1_device']:.2f} |")
+  elif args.compare_prefetch:
+    rows = prefetch_effect(args.presets.split(","), args.dtype, args.steps, args.rounds)
+    print("\n| preset | optimizer | images/s, no prefetch | images/s, prefetch 2 | time ratio |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+      print(f"| {r['preset']} | {r['optimizer']} | {r['images_per_second_0']:.0f} | "
+            f"{r['images_per_second_2']:.0f} | {r['time_2_over_0']:.3f} |")
   else:
     optimizers = args.optimizers.split(",")
-    rows = throughput(args.presets.split(","), optimizers, args.steps, args.rounds)
+    settings = [f"model.dtype={args.dtype}", f"data.prefetch={args.prefetch}"]
+    rows = throughput(args.presets.split(","), optimizers, args.steps, args.rounds, settings)
     print(f"\n| preset | model | batch | optimizer | steps/s | images/s | time / "
           f"{optimizers[0]} |")
     print("|---|---|---|---|---|---|---|")

@@ -8,7 +8,9 @@ several processes, ``jax.make_array_from_process_local_data``); every per-image 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import collections
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +89,32 @@ def batches(
     else:
       yield {name: jax.make_array_from_process_local_data(
           sharding, value, (batch_size, *value.shape[1:])) for name, value in local_batch.items()}
+
+
+T = TypeVar("T")
+
+
+def prefetch(items: Iterable[T], size: int = 2) -> Iterator[T]:
+  """The items of ``items``, made ``size`` ahead of the one being used (double buffering).
+
+  With :func:`batches`, the next ``size`` batches are gathered on the host and their copies to
+  the devices started (``jax.device_put`` returns before the copy is done) while the current
+  training step runs, so host work and transfers overlap the compute. ``size=0`` makes nothing
+  ahead.
+
+  Example:
+    >>> list(prefetch(range(5), size=2))
+    [0, 1, 2, 3, 4]
+  """
+  if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    raise ValueError(f"prefetch: size must be an integer >= 0; got {size!r}.")
+  ahead: collections.deque[T] = collections.deque()
+  for item in items:
+    ahead.append(item)
+    if len(ahead) > size:
+      yield ahead.popleft()
+  while ahead:
+    yield ahead.popleft()
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:

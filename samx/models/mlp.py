@@ -8,10 +8,16 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
+
+from samx.models._layers import compute_dtype, dense, head
 
 
 class MLP(nnx.Module):
   """``x -> ReLU(Linear) x len(hidden) -> head``; inputs of any shape are flattened per example.
+
+  ``dtype`` is the compute dtype of the hidden layers (float32 or bfloat16): parameters stay
+  float32, ``features`` are in ``dtype`` and the ``head`` computes float32 logits.
 
   Example:
     >>> import jax.numpy as jnp
@@ -23,18 +29,20 @@ class MLP(nnx.Module):
   """
 
   def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int, *,
-               rngs: nnx.Rngs):
+               dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype = compute_dtype(dtype)
     widths = [in_features, *hidden]
     self.hidden = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)])
-    self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+        [dense(a, b, dtype=dtype, rngs=rngs) for a, b in itertools.pairwise(widths)])
+    self.head = head(widths[-1], num_classes, rngs=rngs)
 
   def features(self, x: jax.Array) -> jax.Array:
-    """The last hidden layer's activations, shape ``(batch, hidden[-1])``."""
-    x = jnp.reshape(x, (x.shape[0], -1))
+    """The last hidden layer's activations, ``(batch, hidden[-1])``, in the compute dtype."""
+    x = jnp.asarray(jnp.reshape(x, (x.shape[0], -1)), self.dtype)
     for layer in self.hidden:
       x = nnx.relu(layer(x))
     return x
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Float32 logits ``(batch, num_classes)``."""
     return self.head(self.features(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 from flax import nnx
 
 from samx import models
@@ -15,38 +16,44 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
                 seed: int) -> nnx.Module:
   """The configured model for inputs of ``input_shape`` (one example) and ``num_classes``.
 
-  The convolutional models take images ``(height, width, channels)``; ``mlp`` and
-  ``two_layer_linear`` flatten any input; ``two_layer_relu_cnn`` takes ``(patches, dim)``
-  with two classes.
+  Every model computes in ``config.dtype`` with float32 parameters, BatchNorm statistics and
+  logits (see :mod:`samx.models`). The convolutional models take images ``(height, width,
+  channels)``; ``mlp`` and ``two_layer_linear`` flatten any input; ``two_layer_relu_cnn`` takes
+  ``(patches, dim)`` with two classes.
   """
   rngs = nnx.Rngs(seed)
   name = config.name
+  dtype = jnp.dtype(config.dtype)
   if name in ("resnet18", "resnet34", "preact_resnet18", "wide_resnet", "small_cnn"):
     if len(input_shape) != 3:
       raise ConfigError(f"model.name={name} needs images (height, width, channels); the data "
                         f"has inputs of shape {input_shape}.")
     channels = input_shape[-1]
     if name == "resnet18":
-      return models.resnet18(num_classes, width=config.width, in_channels=channels, rngs=rngs)
+      return models.resnet18(num_classes, width=config.width, in_channels=channels, dtype=dtype,
+                             rngs=rngs)
     if name == "resnet34":
-      return models.resnet34(num_classes, width=config.width, in_channels=channels, rngs=rngs)
+      return models.resnet34(num_classes, width=config.width, in_channels=channels, dtype=dtype,
+                             rngs=rngs)
     if name == "preact_resnet18":
       return models.preact_resnet18(num_classes, width=config.width, in_channels=channels,
-                                    rngs=rngs)
+                                    dtype=dtype, rngs=rngs)
     if name == "wide_resnet":
       return models.wide_resnet(config.depth, config.widen_factor, num_classes,
-                                width=config.width, in_channels=channels, rngs=rngs)
-    return models.SmallCNN(tuple(input_shape), num_classes, width=config.width, rngs=rngs)
+                                width=config.width, in_channels=channels, dtype=dtype, rngs=rngs)
+    return models.SmallCNN(tuple(input_shape), num_classes, width=config.width, dtype=dtype,
+                           rngs=rngs)
   features = math.prod(input_shape)
   if name == "mlp":
-    return models.MLP(features, tuple(config.hidden), num_classes, rngs=rngs)
+    return models.MLP(features, tuple(config.hidden), num_classes, dtype=dtype, rngs=rngs)
   if name == "two_layer_linear":
-    return models.TwoLayerLinear(features, config.hidden[0], num_classes, rngs=rngs)
+    return models.TwoLayerLinear(features, config.hidden[0], num_classes, dtype=dtype, rngs=rngs)
   if name == "two_layer_relu_cnn":
     if len(input_shape) != 2 or num_classes != 2:
       raise ConfigError(f"model.name=two_layer_relu_cnn needs patch data (patches, dim) with two "
                         f"classes (data.name=patches); got inputs {input_shape} and "
                         f"{num_classes} classes.")
     return models.TwoLayerReLUCNN(input_shape[-1], config.filters_per_sign,
-                                  init_std=config.init_std, power=config.power, rngs=rngs)
+                                  init_std=config.init_std, power=config.power, dtype=dtype,
+                                  rngs=rngs)
   raise ConfigError(f"model.name must be one of the known models; got {name!r}.")

@@ -31,6 +31,7 @@ from samx.train.methods import METHODS, GSAMConfig, SANERConfig, build_transform
 
 BASE_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
+DTYPES = ("float32", "bfloat16")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "file")
 MODELS = ("mlp", "resnet18", "resnet34", "preact_resnet18", "wide_resnet", "small_cnn",
           "two_layer_relu_cnn", "two_layer_linear")
@@ -51,6 +52,8 @@ class DataConfig:
       the run's seed; the CPU presets use it.
     test_examples: evaluate on a fixed random subset of the test split (``None``: all).
     augment: random crop (padding 4) and horizontal flip on device, for CIFAR-like images.
+    prefetch: how many training batches are gathered and put on the devices ahead of the step
+      that uses them (0: none), so host work and transfers overlap the compute.
     options: keyword arguments of the generator (``gaussian_mixture``: ``train_examples``...
       see :func:`samx.train.training_data.load_data`) or of :func:`samx.data.dominoes`.
   """
@@ -61,6 +64,7 @@ class DataConfig:
   train_examples: int | None = None
   test_examples: int | None = None
   augment: bool = False
+  prefetch: int = 2
   options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -90,6 +94,9 @@ class ModelConfig:
 
   Attributes:
     name: one of ``MODELS``.
+    dtype: the compute dtype, ``float32`` or ``bfloat16`` (parameters, BatchNorm statistics,
+      logits and the loss stay float32; the transforms form their norms and eps in float32).
+      ``float16`` is refused: it needs loss scaling, which samx does not do.
     width: channel multiplier of the convolutional models (1.0 = the paper's size).
     hidden: hidden layer sizes of ``mlp``; ``hidden[0]`` is ``two_layer_linear``'s width.
     depth, widen_factor: of ``wide_resnet`` (e.g. 28 and 10 for WRN-28-10).
@@ -97,6 +104,7 @@ class ModelConfig:
   """
 
   name: str = "mlp"
+  dtype: str = "float32"
   width: float = 1.0
   hidden: tuple[int, ...] = (256, 256)
   depth: int = 16
@@ -481,6 +489,10 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(n.mapping in ("next_class", "cifar10"), "noise.mapping", "next_class or cifar10",
          n.mapping)
   _check(m.name in MODELS, "model.name", f"one of {', '.join(MODELS)}", m.name)
+  _check(m.dtype in DTYPES, "model.dtype", "float32 or bfloat16" + (
+      " (float16 needs loss scaling to train without underflow, which samx does not do; "
+      "bfloat16 has float32's range and needs none)" if m.dtype == "float16" else ""), m.dtype)
+  _check(d.prefetch >= 0, "data.prefetch", ">= 0", d.prefetch)
   _check(m.width > 0, "model.width", "> 0", m.width)
   _check(all(h >= 1 for h in m.hidden) and len(m.hidden) >= 1, "model.hidden",
          "a non-empty list of positive sizes", m.hidden)

@@ -121,8 +121,9 @@ def _train_epoch(trainer: Trainer, step_fn, state: TrainState, arrays: dict[str,
   config = trainer.config
   step_metrics = []
   started = time.perf_counter()
-  for batch in pipeline.batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
-                                mesh=trainer.mesh, batch_axis=BATCH_AXIS):
+  batches = pipeline.batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
+                             mesh=trainer.mesh, batch_axis=BATCH_AXIS)
+  for batch in pipeline.prefetch(batches, config.data.prefetch):
     state, metrics = step_fn(state, batch)
     step_metrics.append(metrics)
     bar.update(metrics)

@@ -74,15 +74,16 @@ def logits_of(outputs: PyTree) -> jax.Array:
 
 
 def training_outputs(model: nnx.Module, inputs: jax.Array, penalty: PenaltyConfig) -> PyTree:
-  """What the loss needs from the model: the logits, and with the penalty on, also the
-  penultimate features and the last layer's squared norm (repeated per example, so that every
+  """What the loss needs from the model: the logits (float32 whatever the compute dtype), and
+  with the penalty on, also the penultimate features (in float32) and the last layer's squared
+  norm (repeated per example, so that every
   output has the batch on axis 0 and m-sharpness can split it)."""
   features = model.features(inputs)
   logits = model.head(features)
   if not penalty.active:
     return logits
   kernel_norm = jnp.sum(jnp.square(model.head.kernel[...]))
-  return {"logits": logits, "features": features,
+  return {"logits": logits, "features": features.astype(jnp.float32),
           "kernel_sq_norm": jnp.broadcast_to(kernel_norm, logits.shape[:1])}
 
 
