@@ -131,10 +131,11 @@ if SCALE == "cpu":
       f"data.name={'fashion_mnist' if local else 'tfds:fashion_mnist'}",
       "epochs=20", "saner.warmup_epochs=5", "checkpoint_every=0"])
 else:
-  config = train.override(train.preset("saner-cifar10"), [
-      f"data.name={'cifar10' if local else 'tfds:cifar10'}", "checkpoint_every=0"])
-print(config.data.name, config.model.name, f"{config.noise.rate:.0%} {config.noise.kind} noise,",
-      config.epochs, "epochs")"""),
+  config = train.override(train.preset("saner-cifar10"), [  # bfloat16 compute on accelerators
+      f"data.name={'cifar10' if local else 'tfds:cifar10'}", "model.dtype=bfloat16",
+      "checkpoint_every=0"])
+print(config.data.name, config.model.name, config.model.dtype,
+      f"{config.noise.rate:.0%} {config.noise.kind} noise,", config.epochs, "epochs")"""),
     ("code", """out = pathlib.Path("runs/notebook-label-noise")
 shutil.rmtree(out, ignore_errors=True)  # a fresh comparison each time the notebook runs
 results = train.compare(config, ["sgd", "sam", "saner"], out, log=None)
