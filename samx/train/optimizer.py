@@ -44,6 +44,11 @@ def learning_rate_schedule(optimizer: OptimizerConfig, schedule: ScheduleConfig,
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def skip_nonfinite_updates(inner: optax.GradientTransformation, max_consecutive: int
                            ) -> optax.GradientTransformationExtraArgs:
   """``inner``, but a step whose *final* update is not finite is skipped: the update is zero and
@@ -65,7 +70,7 @@ def skip_nonfinite_updates(inner: optax.GradientTransformation, max_consecutive:
   def update(updates: Any, state: optax.ApplyIfFiniteState, params: Any = None,
              **extra_args: Any) -> tuple[Any, optax.ApplyIfFiniteState]:
     new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(new_updates)]))
+    finite = all_finite(new_updates)
     count = jnp.where(finite, 0, optax.safe_increment(state.notfinite_count))
     accept = finite | (count > max_consecutive)
     new_updates = optax.tree.where(accept, new_updates, optax.tree.zeros_like(new_updates))

@@ -23,6 +23,7 @@ from samx.data import pipeline
 from samx.penalties import per_example_feature_and_weight_penalty
 from samx.train.config import PenaltyConfig
 from samx.train.methods import Method
+from samx.train.optimizer import all_finite
 
 PyTree = Any
 Batch = dict[str, jax.Array]
@@ -101,10 +102,6 @@ def per_example_loss_fn(penalty: PenaltyConfig) -> Callable[[PyTree, jax.Array],
   return losses
 
 
-def _all_finite(tree: PyTree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
-
-
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformationExtraArgs, method: Method, *,
     penalty: PenaltyConfig, normalization: Normalization, augment: bool, seed: int,
@@ -150,7 +147,7 @@ def make_train_step(
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32)}
     if method.step_metrics is not None:
       metrics.update(method.step_metrics(opt_state))
-    bad = ~_all_finite(params)
+    bad = ~all_finite(params)
     if skips_nonfinite:
       metrics["skipped"] = 1.0 - optax.tree_utils.tree_get(opt_state, "last_finite").astype(
           jnp.float32)
