@@ -19,18 +19,22 @@ from samx.transforms._looksam import LookSAMState, looksam
 from samx.transforms._objective import Objective
 from samx.transforms._sam import sam
 from samx.transforms._saner import SANERState, linear_beta_schedule, saner, saner_beta_schedule
-from samx.transforms._sharpness_aware import SAMState
+from samx.transforms._sharpness_aware import SAMState, group_plan
+from samx.transforms._structured_groups import GroupPlan, LeafPath
 
 __all__ = [
     "AESAMState",
     "ArgumentError",
     "GSAMState",
     "GroupFractions",
+    "GroupPlan",
+    "LeafPath",
     "LookSAMState",
     "Objective",
     "SAMState",
     "SANERState",
     "ae_sam",
+    "group_plan",
     "gsam",
     "jacobian_sam",
     "linear_beta_schedule",

@@ -75,6 +75,7 @@ def ae_sam(
     axis_name: Hashable | None = None,
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
+    group_path: str = "layers",
 ) -> optax.GradientTransformationExtraArgs:
   r"""AE-SAM: SAM where the loss is sharp, SGD elsewhere (Jiang et al. 2023).
 
@@ -107,6 +108,7 @@ def ae_sam(
     delta: the forgetting factor of the running mean and variance, in [0, 1).
     adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
       adaptive_mask: as in :func:`samx.sam`, for the SAM steps.
+      group_path: as in :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``, with an
@@ -139,7 +141,7 @@ def ae_sam(
   threshold = _checked_threshold(total_steps, threshold_start, threshold_end, threshold,
                                  transform=name)
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask)
+                       perturb_mask, adaptive_mask, group_path)
   check_options(options, transform=name)
 
   def init_fn(params: PyTree) -> AESAMState:

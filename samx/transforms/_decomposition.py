@@ -10,6 +10,7 @@ devices) through ``PerturbedLoss``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,6 +19,7 @@ from samx.transforms import _tree
 from samx.transforms._objective import Objective
 
 PyTree = Any
+ApplyFn = Callable[[PyTree, PyTree], PyTree]
 
 
 def _logit_term(objective: Objective, outputs: PyTree) -> PyTree:
@@ -26,14 +28,19 @@ def _logit_term(objective: Objective, outputs: PyTree) -> PyTree:
   return jax.lax.stop_gradient(cotangent)
 
 
-def logit_perturbed_loss(objective: Objective, params: PyTree, eps: PyTree) -> jax.Array:
-  """L-SAM's surrogate ``<r(f(w + eps)), f(w)>``: its gradient is ``J(w)^T r(f(w + eps))``."""
-  perturbed_outputs = objective.apply_fn(_tree.add(params, eps), objective.inputs)
+def logit_perturbed_loss(objective: Objective, params: PyTree, apply_perturbed: ApplyFn
+                         ) -> jax.Array:
+  """L-SAM's surrogate ``<r(f(w + eps)), f(w)>``: its gradient is ``J(w)^T r(f(w + eps))``.
+
+  ``apply_perturbed(params, inputs)`` is the model at ``params + eps``.
+  """
+  perturbed_outputs = apply_perturbed(params, objective.inputs)
   residual = _logit_term(objective, jax.lax.stop_gradient(perturbed_outputs))
   return _tree.vdot(residual, objective.apply_fn(params, objective.inputs))
 
 
-def jacobian_perturbed_loss(objective: Objective, params: PyTree, eps: PyTree) -> jax.Array:
+def jacobian_perturbed_loss(objective: Objective, params: PyTree, apply_perturbed: ApplyFn
+                            ) -> jax.Array:
   """J-SAM's surrogate ``<r(f(w)), f(w + eps)>``: its gradient is ``J(w + eps)^T r(f(w))``.
 
   ``f(w)`` is ``objective.outputs`` when the caller provides it, else one more forward pass.
@@ -43,4 +50,4 @@ def jacobian_perturbed_loss(objective: Objective, params: PyTree, eps: PyTree) -
     clean_outputs = objective.apply_fn(params, objective.inputs)
   clean_outputs = jax.lax.stop_gradient(clean_outputs)
   residual = _logit_term(objective, clean_outputs)
-  return _tree.vdot(residual, objective.apply_fn(_tree.add(params, eps), objective.inputs))
+  return _tree.vdot(residual, apply_perturbed(params, objective.inputs))

@@ -39,6 +39,7 @@ def gsam(
     axis_name: Hashable | None = None,
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
+    group_path: str = "layers",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Surrogate Gap Guided SAM: SAM's gradient minus ``alpha`` times the clean gradient's residual.
 
@@ -66,6 +67,7 @@ def gsam(
     combine_per_group: apply the rule to each group before averaging (needs ``group_size``).
     adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
       adaptive_mask: as in :func:`samx.sam`.
+      group_path: as in :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``.
@@ -94,6 +96,6 @@ def gsam(
     return gsam_combination(clean, perturbed, value_at(alpha, state.count)), None
 
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask)
+                       perturb_mask, adaptive_mask, group_path)
   return sharpness_aware_transform(name, rho, options, combination=Combination(SAMState, rule),
                                    combine_per_group=combine_per_group)

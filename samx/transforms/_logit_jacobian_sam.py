@@ -22,6 +22,7 @@ def logit_sam(
     axis_name: Hashable | None = None,
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
+    group_path: str = "layers",
 ) -> optax.GradientTransformationExtraArgs:
   r"""L-SAM: SAM's perturbation applied to the logit term only (Baek et al. 2024).
 
@@ -63,7 +64,7 @@ def logit_sam(
     (2,)
   """
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask)
+                       perturb_mask, adaptive_mask, group_path)
   return sharpness_aware_transform("samx.logit_sam", rho, options,
                                    perturbed_loss=logit_perturbed_loss)
 
@@ -79,6 +80,7 @@ def jacobian_sam(
     axis_name: Hashable | None = None,
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
+    group_path: str = "layers",
 ) -> optax.GradientTransformationExtraArgs:
   r"""J-SAM: SAM's perturbation applied to the network Jacobian only (Baek et al. 2024).
 
@@ -117,6 +119,6 @@ def jacobian_sam(
     True
   """
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask)
+                       perturb_mask, adaptive_mask, group_path)
   return sharpness_aware_transform("samx.jacobian_sam", rho, options,
                                    perturbed_loss=jacobian_perturbed_loss)

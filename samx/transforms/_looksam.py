@@ -69,6 +69,7 @@ def looksam(
     axis_name: Hashable | None = None,
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
+    group_path: str = "layers",
 ) -> optax.GradientTransformationExtraArgs:
   r"""LookSAM: SAM's second gradient once every ``k`` steps (Liu et al. 2022, Algorithm 1).
 
@@ -101,6 +102,7 @@ def looksam(
     alpha: the weight of the reused direction, a number >= 0 or a schedule (the paper: 0.7).
     adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
       adaptive_mask: as in :func:`samx.sam`.
+      group_path: as in :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``, with a
@@ -130,7 +132,7 @@ def looksam(
   check_count("k", k, minimum=1, allow_none=False, transform=name)
   check_number("alpha", alpha, transform=name)
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask)
+                       perturb_mask, adaptive_mask, group_path)
   check_options(options, transform=name)
 
   def init_fn(params: PyTree) -> LookSAMState:

@@ -21,6 +21,7 @@ def sam(
     axis_name: Hashable | None = None,
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
+    group_path: str = "layers",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-Aware Minimization: replaces the gradient by the gradient at ``w + eps``.
 
@@ -36,10 +37,16 @@ def sam(
 
   ``group_size=m`` is m-sharpness: the batch is split into groups of ``m`` examples, group
   :math:`k` gets :math:`\epsilon_k` from its own gradient :math:`g_k`, and the update is
-  :math:`\frac1K \sum_k \nabla L_k(w + \epsilon_k)`. The groups are evaluated with ``jax.vmap``
-  (``groups_in_parallel`` of them at a time, all by default), so the step costs two batched
-  gradient evaluations; ``group_size=1`` is the 1-SAM of Baek et al. 2024, and ``group_size``
-  equal to the per-device batch is the per-device SAM of the original implementation.
+  :math:`\frac1K \sum_k \nabla L_k(w + \epsilon_k)`. ``group_size=1`` is the 1-SAM of Baek et
+  al. 2024, and ``group_size`` equal to the per-device batch is the per-device SAM of the
+  original implementation. For a layer weight :math:`W` (a ``dot_general`` or convolution
+  kernel), group :math:`k`'s gradient is :math:`G_k = A_k^\top D_k` (the layer's input rows and
+  the gradients at its output), so its norm is :math:`\langle A_k A_k^\top, D_k D_k^\top
+  \rangle` and the layer's output at :math:`W + c_k G_k` is :math:`\tilde A W + c_k (\tilde A
+  A_k^\top) D_k`: exact m-sharpness costs about two forward and backward passes and no
+  per-example weights (``group_path="layers"``; 1-SAM on an MLP at 2-3x SGD's step, see
+  ``benchmarks/README.md``). The groups are evaluated with ``jax.vmap`` (``groups_in_parallel``
+  of them at a time, all by default).
 
   ``perturb_mask`` restricts the ascent step to some parameters: :math:`\epsilon` is formed from
   the selected leaves of :math:`g` alone (only they count in :math:`\lVert g \rVert`) and is
@@ -82,6 +89,11 @@ def sam(
       that selects nothing is refused.
     adaptive_mask: with ``adaptive=True``, the parameters scaled by ``|w| + eta`` (``None``:
       all); refused without ``adaptive``.
+    group_path: with ``group_size``, how the group gradients are formed. ``"layers"`` (the
+      default): the model's dense and convolutional weights are found in its jaxpr and their
+      group gradients are never formed per group (see below); every other perturbed leaf gets a
+      per-group copy under ``jax.vmap``. ``"vmap"``: every leaf by ``jax.vmap``. Both give the
+      same updates (to rounding); :func:`samx.group_plan` shows which leaf takes which path.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
@@ -116,5 +128,5 @@ def sam(
     0.060
   """
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask)
+                       perturb_mask, adaptive_mask, group_path)
   return sharpness_aware_transform("samx.sam", rho, options)

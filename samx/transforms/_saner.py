@@ -111,6 +111,7 @@ def saner(
     axis_name: Hashable | None = None,
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
+    group_path: str = "layers",
 ) -> optax.GradientTransformationExtraArgs:
   r"""SANER: Sharpness-Aware Noise-Explicit Reweighting of SAM's gradient (Luong et al. 2024).
 
@@ -158,6 +159,7 @@ def saner(
       averaging (needs ``group_size``).
     adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
       adaptive_mask: as in :func:`samx.sam`.
+      group_path: as in :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``, with a
@@ -204,7 +206,7 @@ def saner(
         state.group_fractions if fractions is None else fractions))
 
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask)
+                       perturb_mask, adaptive_mask, group_path)
   return sharpness_aware_transform(name, rho, options,
                                    combination=Combination(init, rule, record),
                                    combine_per_group=combine_per_group)

@@ -20,15 +20,22 @@ from samx.transforms import _masks
 from samx.transforms._arguments import ArgumentError, check_count, check_flag, check_number
 from samx.transforms._objective import Objective
 from samx.transforms._perturbation import (
-    Perturbation,
-    asam_perturbation,
-    masked_perturbation,
-    sam_perturbation,
+  Perturbation,
+  asam_perturbation,
+  masked_perturbation,
+  sam_perturbation,
 )
 from samx.transforms._perturbed_gradient import (
-    PerturbedLoss,
-    clean_and_perturbed_gradients,
-    loss_at_perturbation,
+  PerturbedLoss,
+  clean_and_perturbed_gradients,
+  loss_at_perturbation,
+)
+from samx.transforms._structured_groups import (
+  GROUP_PATHS,
+  AscentRule,
+  GroupPlan,
+  describe,
+  plan_groups,
 )
 
 PyTree = Any
@@ -56,6 +63,15 @@ class SAMOptions:
   axis_name: Hashable | None
   perturb_mask: _masks.Mask = None
   adaptive_mask: _masks.Mask = None
+  group_path: str = "layers"
+
+  def ascent_rule(self, params: PyTree, *, transform: str) -> AscentRule:
+    """The same ascent step as :meth:`perturbation`, as flags per leaf of ``params``."""
+    perturbed = _masks.mask_leaves("perturb_mask", self.perturb_mask, params,
+                                   transform=transform)
+    scaled = _masks.mask_leaves("adaptive_mask", self.adaptive_mask, params,
+                                transform=transform)
+    return AscentRule(perturbed, scaled, self.adaptive, self.eta)
 
   def perturbation(self, params: PyTree, *, transform: str) -> Perturbation:
     """The ascent step for ``params``: ASAM's if ``adaptive`` (``T = 1`` outside
@@ -91,6 +107,11 @@ def check_options(options: SAMOptions, *, transform: str) -> None:
   if not isinstance(options.groups_unroll, bool):
     check_count("groups_unroll", options.groups_unroll, minimum=1, allow_none=False,
                 transform=transform)
+  if options.group_path not in GROUP_PATHS:
+    raise ArgumentError(
+        "group_path",
+        f"{transform}: `group_path` must be one of {', '.join(map(repr, GROUP_PATHS))}; got "
+        f"{options.group_path!r}.")
   if options.groups_in_parallel is not None and options.group_size is None:
     raise ArgumentError(
         "groups_in_parallel", f"{transform}: `groups_in_parallel` needs `group_size` to be set.")
@@ -237,7 +258,9 @@ def sharpness_aware_gradients(
       perturbation=options.perturbation(params, transform=transform),
       perturbed_loss=perturbed_loss, per_group=per_group,
       group_size=options.group_size, groups_in_parallel=options.groups_in_parallel,
-      groups_unroll=options.groups_unroll, axis_name=options.axis_name)
+      groups_unroll=options.groups_unroll, axis_name=options.axis_name,
+      group_path=options.group_path,
+      ascent_rule=options.ascent_rule(params, transform=transform))
 
 
 def check_combine_per_group(combine_per_group: Any, options: SAMOptions, *, transform: str
@@ -251,3 +274,39 @@ def check_combine_per_group(combine_per_group: Any, options: SAMOptions, *, tran
         f"{transform}: `combine_per_group` applies the rule to each group of "
         "`group_size` examples, so it needs `group_size` (the per-device batch for the per-device "
         "rule of big_vision); without groups there is one group and nothing to change.")
+
+
+def group_plan(
+    objective: Objective, params: PyTree, *, group_size: int, adaptive: bool = False,
+    eta: float = 0.01, perturb_mask: _masks.Mask = None, adaptive_mask: _masks.Mask = None,
+) -> GroupPlan:
+  """Which path each parameter leaf takes in a transform with ``group_size`` (``group_path=
+  "layers"``, the default): a layer weight (``"dense"``/``"conv"``: no per-group copy, with
+  ghost norms or explicit group gradients), ``"vmap"`` (a per-group copy, and why), or ``"not
+  perturbed"``. The transforms log the same plan (logger ``"samx"``, level INFO) when traced.
+
+  The other arguments are the transform's (:func:`samx.sam`). With ``combine_per_group``
+  (GSAM's, SANER's per-group rules) every leaf takes the vmap path, as each group's whole
+  gradient is needed.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, samx
+    >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> objective = samx.Objective(
+    ...     apply_fn=lambda p, x: jnp.tanh(x @ p["w"] + p["b"]),
+    ...     loss_fn=lambda out, y: jnp.sum((out - y) ** 2, axis=-1),
+    ...     inputs=jnp.ones((4, 3)), targets=jnp.zeros((4, 2)))
+    >>> print(samx.group_plan(objective, params, group_size=1))
+    group_size=1: 1 layer weights, 1 leaves by vmap
+      ['b']  vmap          used by broadcast_in_dim
+      ['w']  dense         ghost norm; rows=1, fan_in=3, fan_out=2
+  """
+  transform = "samx.group_plan"
+  options = SAMOptions(adaptive, eta, group_size, None, True, None, perturb_mask, adaptive_mask)
+  check_options(options, transform=transform)
+  if group_size is None:
+    raise ArgumentError("group_size", f"{transform}: `group_size` must be a positive integer.")
+  objective.split_into_groups(group_size)  # checks that it divides the batch
+  plan = plan_groups(objective, params, group_size,
+                     options.ascent_rule(params, transform=transform))
+  return describe(plan, params, group_size)
