@@ -32,12 +32,12 @@ from flax import nnx
 
 import samx
 import samx.models
-from samx.models import MLP, resnet18
+from samx.models import MLP, SmallCNN, resnet18
 
 LEARNING_RATE, RHO = 0.1, 0.05
 LOOKSAM_K = 5
-# Rows that only some models have: SAM-ON needs normalization layers, 1-SAM a small model.
-MODEL_SPECIFIC = {"sam-on", "1-sam", "j-sam 1-sam"}
+# Rows that only some models have: SAM-ON needs normalization layers.
+MODEL_SPECIFIC = {"sam-on"}
 
 
 def optimizers(group_size: int, model_name: str = "mlp", *, model: nnx.Module | None = None,
@@ -77,21 +77,31 @@ def optimizers(group_size: int, model_name: str = "mlp", *, model: nnx.Module | 
       "sam-on": lambda: optax.chain(
           samx.sam(RHO, perturb_mask=samx.models.normalization_mask(model)), *descent()),
   } if model is not None and any(jax.tree.leaves(samx.models.normalization_mask(model)))
-      else {}) | ({
-      # Per-example SAM: one vmapped gradient per example; on the small model only.
+      else {}) | {
+      # Per-example SAM (Baek et al.'s 1-SAM): layer weights factored (the default), and every
+      # group gradient by vmap (per-example weights; the path before group_path existed).
       "1-sam": lambda: optax.chain(samx.sam(RHO, group_size=1), *descent()),
       "j-sam 1-sam": lambda: optax.chain(samx.jacobian_sam(RHO, group_size=1), *descent()),
-  } if model_name == "mlp" else {})
+      "l-sam 1-sam": lambda: optax.chain(samx.logit_sam(RHO, group_size=1), *descent()),
+      "1-sam (vmap)": lambda: optax.chain(samx.sam(RHO, group_size=1, group_path="vmap"),
+                                          *descent()),
+      "j-sam 1-sam (vmap)": lambda: optax.chain(
+          samx.jacobian_sam(RHO, group_size=1, group_path="vmap"), *descent()),
+      f"m-sam (m={group_size}, vmap)": lambda: optax.chain(
+          samx.sam(RHO, group_size=group_size, group_path="vmap"), *descent()),
+  }
 
 
 def make_model(name: str, args: argparse.Namespace) -> tuple[nnx.Module, tuple[int, ...]]:
   if name == "mlp":
     hidden = (args.mlp_width, args.mlp_width)
     return MLP(784, hidden, 10, dtype=jnp.dtype(args.dtype), rngs=nnx.Rngs(0)), (28, 28, 1)
+  if name == "cnn":
+    return SmallCNN((28, 28, 1), 10, dtype=jnp.dtype(args.dtype), rngs=nnx.Rngs(0)), (28, 28, 1)
   if name == "resnet18":
     return resnet18(10, width=args.resnet_width, dtype=jnp.dtype(args.dtype),
                     rngs=nnx.Rngs(0)), (32, 32, 3)
-  raise ValueError(f"--models: unknown model {name!r}; choose from mlp, resnet18.")
+  raise ValueError(f"--models: unknown model {name!r}; choose from mlp, cnn, resnet18.")
 
 
 def make_step(model: nnx.Module, name: str, tx: optax.GradientTransformation):

@@ -19,6 +19,7 @@ the caller can treat it another way.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -258,16 +259,31 @@ def activation_rows(layer: Layer, activation: jax.Array) -> jax.Array:
   if layer.kind == "dense":
     free, contract, _, _ = _dense_dims(layer)
     return jnp.transpose(activation, (*free, *contract)).reshape(layer.rows, layer.fan_in)
-  dims = layer.params["dimension_numbers"]
-  params = layer.params
-  patches = jax.lax.conv_general_dilated_patches(
-      _conv_canonical_input(layer, activation),
-      filter_shape=[layer.weight_shape[d] for d in dims.rhs_spec[2:]],
-      window_strides=params["window_strides"], padding=params["padding"],
-      lhs_dilation=params["lhs_dilation"], rhs_dilation=params["rhs_dilation"],
-      precision=jax.lax.Precision.HIGHEST)  # (N, C * prod(window), spatial...): exact copies
-  patches = jnp.moveaxis(patches, 1, -1)
-  return patches.reshape(layer.rows, layer.fan_in)
+  return _patches(layer, _conv_canonical_input(layer, activation)).reshape(
+      layer.rows, layer.fan_in)
+
+
+def _patches(layer: Layer, canonical: jax.Array) -> jax.Array:
+  """The input windows of every output position, ``(N, *out_spatial, C * prod(window))`` with
+  the channel major, from ``(N, C, *spatial)``: strided slices of the padded (and, for
+  ``lhs_dilation``, dilated) input, one per window offset, so no arithmetic at all (unlike
+  ``lax.conv_general_dilated_patches``, a convolution with an identity kernel)."""
+  params, dims = layer.params, layer.params["dimension_numbers"]
+  window = [layer.weight_shape[d] for d in dims.rhs_spec[2:]]
+  out_spatial = [layer.output_shape[d] for d in dims.out_spec[2:]]
+  padded = jax.lax.pad(canonical, jnp.zeros((), canonical.dtype), [
+      (0, 0, 0), (0, 0, 0),
+      *[(low, high, dilation - 1) for (low, high), dilation in zip(
+          params["padding"], params["lhs_dilation"], strict=True)]])
+  slices = []
+  for offset in itertools.product(*[range(size) for size in window]):
+    start = [0, 0, *[o * d for o, d in zip(offset, params["rhs_dilation"], strict=True)]]
+    limit = [*padded.shape[:2], *[s + (n - 1) * stride + 1 for s, n, stride in zip(
+        start[2:], out_spatial, params["window_strides"], strict=True)]]
+    slices.append(jax.lax.slice(padded, start, limit, [1, 1, *params["window_strides"]]))
+  stacked = jnp.stack(slices, axis=2)  # (N, C, window positions, *out_spatial)
+  stacked = stacked.reshape(stacked.shape[0], -1, *out_spatial)
+  return jnp.moveaxis(stacked, 1, -1)
 
 
 def output_rows(layer: Layer, output: jax.Array) -> jax.Array:

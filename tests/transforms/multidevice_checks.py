@@ -31,12 +31,13 @@ def problem():
   x = jnp.asarray(rng.normal(size=(DEVICES * PER_DEVICE, 5)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 3, size=DEVICES * PER_DEVICE), jnp.int32)
   params = {"w1": jnp.asarray(rng.normal(size=(5, 16)) / 2, jnp.float32),
+            "b1": jnp.asarray(rng.normal(size=(16,)) / 4, jnp.float32),
             "w2": jnp.asarray(rng.normal(size=(16, 3)) / 4, jnp.float32)}
   return x, labels, params
 
 
 def apply_fn(p, inputs):
-  return jnp.tanh(inputs @ p["w1"]) @ p["w2"]
+  return jnp.tanh(inputs @ p["w1"] + p["b1"]) @ p["w2"]
 
 
 def loss_fn(logits, labels):
@@ -58,13 +59,19 @@ TRANSFORMS = {
     # k=2 over 4 steps: two perturbed steps and two that reuse the kept direction.
     "looksam": lambda **kw: samx.looksam(0.1, k=2, alpha=0.7, **kw),
     "ae_sam": lambda **kw: samx.ae_sam(0.1, threshold=alternating, **kw),
-    "sam_perturb_mask": lambda **kw: samx.sam(0.1, perturb_mask={"w1": True, "w2": False}, **kw),
+    "sam_perturb_mask": lambda **kw: samx.sam(0.1, perturb_mask={"w1": True, "b1": False,
+                                                                "w2": False}, **kw),
     # group_size = the per-device batch: on one device over the global batch, the same groups.
     "gsam_per_group": lambda **kw: samx.gsam(0.1, 0.5, group_size=PER_DEVICE,
                                              combine_per_group=True, **kw),
     "saner_per_group": lambda **kw: samx.saner(0.1, alpha=0.5, warmup_steps=2,
                                                group_size=PER_DEVICE, combine_per_group=True,
                                                **kw),
+    # 1-SAM: layer weights factored (the default) and every leaf vmapped; J-SAM and L-SAM.
+    "1sam": lambda **kw: samx.sam(0.1, group_size=1, **kw),
+    "1sam_vmap": lambda **kw: samx.sam(0.1, group_size=1, group_path="vmap", **kw),
+    "jsam_1sam": lambda **kw: samx.jacobian_sam(0.1, group_size=1, **kw),
+    "lsam_1sam": lambda **kw: samx.logit_sam(0.1, group_size=1, **kw),
 }
 
 

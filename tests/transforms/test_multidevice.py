@@ -1,4 +1,5 @@
-"""The SAM family (SAM, ASAM, m-SAM, SANER, GSAM, LookSAM, AE-SAM, masks, per-group rules) on 8
+"""The SAM family (SAM, ASAM, m-SAM, 1-SAM and its J-SAM and L-SAM by the layers' structure and
+by vmap, SANER, GSAM, LookSAM, AE-SAM, masks, per-group rules) on 8
 CPU devices (pmap, shard_map, jit over a Mesh) equals one device.
 
 The checks need XLA_FLAGS set before JAX starts, so they run in a subprocess.
@@ -25,5 +26,5 @@ def test_eight_devices_match_one_device():
   result = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True,
                           text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
-  # 10 transforms x (pmap, shard_map, mesh), each reported.
-  assert result.stdout.count("ok ") == 30, result.stdout
+  # 14 transforms x (pmap, shard_map, mesh), each reported.
+  assert result.stdout.count("ok ") == 42, result.stdout
