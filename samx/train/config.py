@@ -141,6 +141,9 @@ class OptimizerConfig:
     group_size: m-sharpness (``1``: 1-SAM; ``None``: the whole global batch).
     groups_in_parallel: how many groups to evaluate at once (``1`` is fastest for convnets
       on CPU; ``None``: all).
+    group_path: with ``group_size``, ``layers`` (the default: dense and convolution weights
+      from their inputs and output gradients, no per-example weights) or ``vmap`` (every
+      group gradient vmapped); the same updates, see :func:`samx.sam`.
     adaptive: ASAM's perturbation, for any sharpness-aware method.
     eta: ASAM's ``eta``.
     perturb: ``all`` parameters, or only the ``normalization`` layers' (SAM-ON's rule, for
@@ -161,6 +164,7 @@ class OptimizerConfig:
   rho: float = 0.05
   group_size: int | None = None
   groups_in_parallel: int | None = None
+  group_path: str = "layers"
   adaptive: bool = False
   eta: float = 0.01
   perturb: str = "all"
@@ -175,7 +179,8 @@ class OptimizerConfig:
   def shared_options(self) -> dict[str, Any]:
     """The options every sharpness-aware transform takes, as its keyword arguments."""
     return {"rho": self.rho, "adaptive": self.adaptive, "eta": self.eta,
-            "group_size": self.group_size, "groups_in_parallel": self.groups_in_parallel}
+            "group_size": self.group_size, "groups_in_parallel": self.groups_in_parallel,
+            "group_path": self.group_path}
 
 
 @dataclasses.dataclass(frozen=True)

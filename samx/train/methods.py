@@ -216,6 +216,7 @@ METHODS: dict[str, Method] = {
 SHARED_KEYS = {"rho": "optimizer.rho", "adaptive": "optimizer.adaptive", "eta": "optimizer.eta",
                "group_size": "optimizer.group_size",
                "groups_in_parallel": "optimizer.groups_in_parallel",
+               "group_path": "optimizer.group_path",
                "perturb_mask": "optimizer.perturb", "adaptive_mask": "optimizer.adaptive_mask"}
 
 

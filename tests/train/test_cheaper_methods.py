@@ -185,3 +185,20 @@ def test_compare_knows_the_new_sections():
                                                          "ae_sam.delta=0.5"]
   assert parse_optimizer_spec("sam+perturb=normalization")[1] == [
       "optimizer.name=sam", "optimizer.perturb=normalization"]
+
+
+@pytest.mark.parametrize("method", ["sam", "jsam"])
+def test_one_sam_by_layers_and_by_vmap_train_alike(method):
+  """optimizer.group_path: the engine's 1-SAM runs (default layers path) match the vmap path."""
+  layers = train.run(tiny(f"optimizer.name={method}", "optimizer.group_size=1"), log=None)
+  vmapped = train.run(tiny(f"optimizer.name={method}", "optimizer.group_size=1",
+                           "optimizer.group_path=vmap"), log=None)
+  histories_match(layers.history, vmapped.history)
+  assert layers.history[-1]["step_loss"] != train.run(
+      tiny(f"optimizer.name={method}"), log=None).history[-1]["step_loss"]  # not whole-batch
+
+
+def test_bad_group_path_names_the_key():
+  with pytest.raises(train.ConfigError, match="optimizer.group_path"):
+    train.validate(tiny("optimizer.name=sam", "optimizer.group_size=1",
+                        "optimizer.group_path=fast"))
