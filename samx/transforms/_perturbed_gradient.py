@@ -145,7 +145,7 @@ def clean_and_perturbed_gradients(
     """Sums over the chunk's groups of the clean and the perturbed group gradients (or of what
     ``per_group`` makes of them)."""
     if plan is not None:
-      return structured_group_sums(plan, chunk, local_params, rho, perturbed_loss)
+      return structured_group_sums(plan, chunk, local_params, rho, perturbed_loss, axis_name)
     clean = jax.vmap(lambda group: group.grad(local_params))(chunk)
     eps = jax.vmap(perturbation, in_axes=(0, None, None))(clean, local_params, rho)
     perturbed = jax.vmap(perturbed_gradient, in_axes=(0, None, 0))(chunk, local_params, eps)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -45,7 +45,7 @@ from samx.transforms._layer_structure import (
     rows_to_output,
     weight_matrix,
 )
-from samx.transforms._objective import Objective
+from samx.transforms._objective import Objective, as_varying
 
 PyTree = Any
 # (objective, params, apply_perturbed) -> a scalar whose gradient in params is the perturbed
@@ -173,10 +173,14 @@ def _matmul(a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
 
 def structured_group_sums(
     plan: StructuredPlan, chunk: Objective, params: PyTree, rho: jax.Array,
-    perturbed_loss: PerturbedLoss,
+    perturbed_loss: PerturbedLoss, axis_name: Hashable | None = None,
 ) -> tuple[PyTree, PyTree]:
   """Sums over the groups of ``chunk`` (axis 0 of its batch leaves) of the clean group
-  gradients ``g_k`` and of the perturbed ones, exactly as the vmap path computes them."""
+  gradients ``g_k`` and of the perturbed ones, exactly as the vmap path computes them.
+
+  Under a mapped ``axis_name`` the probes are made varying along it, as the layers' outputs
+  are: a replicated probe's gradient would be summed over devices.
+  """
   leaves, treedef = jax.tree.flatten(params)
   structure, layers, copied, rule = plan.structure, plan.layers, plan.copied, plan.rule
   num_groups = jax.tree.leaves(chunk.inputs)[0].shape[0]
@@ -212,6 +216,8 @@ def structured_group_sums(
     return jnp.sum(losses), inputs_seen
 
   probes = [jnp.zeros((num_groups, *layer.output_shape), layer.output_dtype) for layer in layers]
+  if axis_name is not None:
+    probes = as_varying(probes, axis_name)
   copies = [jnp.broadcast_to(leaves[leaf], (num_groups, *leaves[leaf].shape)) for leaf in copied]
   (_, layer_inputs), (shared_grads, copied_grads, output_grads) = jax.value_and_grad(
       clean_total, argnums=(0, 1, 2), has_aux=True)(
