@@ -2,12 +2,13 @@
 
 Each transform is three small parts: how the ascent step is chosen (``_perturbation``: SAM,
 ASAM), how the gradient at the perturbed point is formed (``_perturbed_gradient``: whole batch
-or per group; ``_decomposition``: whole, logit term only, Jacobian only), and how it is
+or per group, the groups' layer weights through ``_structured_groups`` and
+``_layer_structure``; ``_decomposition``: whole, logit term only, Jacobian only), and how it is
 combined with the clean gradient (``_combination``: as is, GSAM, SANER); ``_masks`` says which
 leaves an option applies to. ``_looksam`` and ``_ae_sam`` evaluate the second gradient only on
-some steps. ``_sharpness_aware``
-puts the three together into one optax transform, given the options all of them share; a bad
-argument raises :class:`ArgumentError` (``_arguments``), a ``ValueError`` naming the argument.
+some steps. ``_sharpness_aware`` puts the three together into one optax transform, given the
+options all of them share; a bad argument raises :class:`ArgumentError` (``_arguments``), a
+``ValueError`` naming the argument.
 """
 
 from samx.transforms._ae_sam import AESAMState, ae_sam

@@ -94,11 +94,12 @@ def clean_and_perturbed_gradients(
   """The clean gradient ``g`` and the perturbed gradient ``g_sam`` of one sharpness-aware step.
 
   With ``group_size=None`` the whole batch is one group: ``eps = perturbation(g)`` with ``g``
-  the incoming ``grads``, and ``g_sam`` is the gradient of ``perturbed_loss(objective, w, eps)``
-  in ``w`` (one more gradient evaluation). With ``group_size=m`` the batch is split into groups
+  the incoming ``grads``, and ``g_sam`` is the gradient in ``w`` of ``perturbed_loss(objective,
+  w, apply_perturbed)``, ``apply_perturbed`` the model at ``w + eps`` (one more gradient
+  evaluation). With ``group_size=m`` the batch is split into groups
   of ``m`` examples; each group ``k`` gets its own gradient ``g_k`` (one vmapped gradient) and
   ``eps_k = perturbation(g_k)``, and ``g`` and ``g_sam`` are the means over groups of ``g_k``
-  and of the gradients of ``perturbed_loss(objective_k, w, eps_k)`` (one more vmapped
+  and of the gradients of ``perturbed_loss`` on group ``k`` at ``w + eps_k`` (one more vmapped
   gradient). The incoming ``grads`` are then not needed, and under ``jax.jit`` XLA drops the
   caller's backward pass if nothing else uses it. (Differentiating the sum over groups of the
   perturbed losses in one backward pass gives the same sum, but XLA:CPU runs it 4x slower.)
