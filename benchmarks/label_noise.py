@@ -51,7 +51,12 @@ SETTINGS = {
     "fmnist-sym50": (*FMNIST, ["noise.kind=symmetric", "noise.rate=0.5"]),
     "fmnist-asym40": (*FMNIST, ["noise.kind=asymmetric", "noise.mapping=next_class",
                                 "noise.rate=0.4"]),
-    # 1-SAM needs one gradient per example: on a small model (an MLP on Fashion-MNIST).
+    # The CIFAR-10 setting with Springer et al.'s small CNN (no BatchNorm): 1-SAM's groups of
+    # one example leave its function unchanged (with BatchNorm each example would be
+    # normalised by its own statistics).
+    "cifar10-sym50-cnn": (*CIFAR, ["model.name=small_cnn", "model.width=1.0",
+                                   "noise.kind=symmetric", "noise.rate=0.5"]),
+    # 1-SAM on a small model (an MLP on Fashion-MNIST).
     "fmnist-sym50-mlp": ("fashion-mnist-noise-cpu", [
         "model.name=mlp", "model.hidden=256", "epochs=20", "saner.warmup_epochs=5",
         "noise.kind=symmetric", "noise.rate=0.5"], []),
@@ -99,7 +104,7 @@ def main() -> None:
   results: dict[str, dict] = {}
   for setting in args.settings.split(","):
     config = config_for(setting, args)
-    optimizers = (args.small_model_optimizers if setting.endswith("-mlp")
+    optimizers = (args.small_model_optimizers if setting.endswith(("-mlp", "-cnn"))
                   else args.optimizers).split(",")
     runs: dict[str, list[dict]] = {name: [] for name in optimizers}
     for seed in seeds:
