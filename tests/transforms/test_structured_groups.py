@@ -176,7 +176,7 @@ CONVS = {
 
 
 @pytest.mark.parametrize("name", list(CONVS))
-def test_convolutions_match_the_group_loop(name):
+def test_convolutions_match_the_group_loop(name, slow=False):
   shape, kernel_shape, conv_args = CONVS[name]
   out_spec = conv_args["dimension_numbers"][2]
 
@@ -190,10 +190,15 @@ def test_convolutions_match_the_group_loop(name):
   x, y = normal(2, (4, *shape), 1.0), jnp.arange(4) % 3
   check_against_loop(apply_fn, params, x, y, group_size=1,
                      expect_paths={"['head']": "dense", "['kernel']": "conv"})
-  if name == "nchw_stride":  # groups of several examples, J-SAM and L-SAM on one layout
+  if name == "nchw_stride" and slow:  # groups of several examples, J-SAM and L-SAM
     check_against_loop(apply_fn, params, x, y, group_size=2)
     check_against_loop(apply_fn, params, x, y, group_size=1, variant="jsam")
     check_against_loop(apply_fn, params, x, y, group_size=2, variant="lsam")
+
+
+@pytest.mark.slow  # three more compilations of each path
+def test_convolution_groups_and_decompositions_match_the_group_loop():
+  test_convolutions_match_the_group_loop("nchw_stride", slow=True)
 
 
 def test_activation_and_output_rows_give_the_weight_gradient():
