@@ -7,19 +7,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from samx.analysis._importance import residual_norms
 from samx.transforms import _tree
 from samx.transforms._objective import Objective
 from samx.transforms._perturbation import sam_perturbation
 
 PyTree = Any
-
-
-def _per_example_residual_norms(objective: Objective, outputs: PyTree) -> jax.Array:
-  """``||d loss_i / d f_i||`` for every example (the size of its logit term)."""
-  residuals = jax.grad(lambda out: objective.losses_from_outputs(out).sum())(outputs)
-  squares = sum(jnp.sum(jnp.square(r.reshape(r.shape[0], -1)), axis=1)
-                for r in jax.tree.leaves(residuals))
-  return jnp.sqrt(squares)
 
 
 def logit_weights(objective: Objective, params: PyTree, rho: float) -> jax.Array:
@@ -39,8 +32,8 @@ def logit_weights(objective: Objective, params: PyTree, rho: float) -> jax.Array
     clean_outputs = example.apply_fn(params, example.inputs)
     eps = sam_perturbation(example.grad(params), params, jnp.asarray(rho))
     perturbed_outputs = example.apply_fn(_tree.add(params, eps), example.inputs)
-    before = _per_example_residual_norms(example, clean_outputs)[0]
-    after = _per_example_residual_norms(example, perturbed_outputs)[0]
+    before = residual_norms(example, clean_outputs)[0]
+    after = residual_norms(example, perturbed_outputs)[0]
     return jnp.where(before > 0, after / jnp.where(before > 0, before, 1.0), 1.0)
 
   return jax.vmap(one_example)(objective.split_into_groups(1))

@@ -15,7 +15,9 @@ def linear_probe_accuracy(
   The probe is the closed-form least-squares fit of one-hot targets on standardised features
   with an intercept, :math:`W = (X^\top X + \lambda n I)^{-1} X^\top Y`, and predicts the
   argmax. Deterministic, cheap, and a standard linear probe (Springer et al. 2024 probe each
-  feature of the dominoes this way, one probe per label). Pure and jittable.
+  feature of the dominoes this way, one probe per label). With more features than examples it
+  solves the same fit in its dual form, :math:`W = X^\top (X X^\top + \lambda n I)^{-1} Y`
+  (an ``n x n`` system instead of ``d x d``). Pure and jittable.
   """
   train = jnp.asarray(train_features, jnp.float32).reshape(len(train_labels), -1)
   test = jnp.asarray(test_features, jnp.float32).reshape(len(test_labels), -1)
@@ -26,7 +28,11 @@ def linear_probe_accuracy(
 
   x = design(train)
   targets = jax.nn.one_hot(train_labels, num_classes)
-  gram = x.T @ x + l2 * len(x) * jnp.eye(x.shape[1])
-  weights = jnp.linalg.solve(gram, x.T @ targets)
+  if x.shape[1] <= x.shape[0]:
+    gram = x.T @ x + l2 * len(x) * jnp.eye(x.shape[1])
+    weights = jnp.linalg.solve(gram, x.T @ targets)
+  else:
+    kernel = x @ x.T + l2 * len(x) * jnp.eye(x.shape[0])
+    weights = x.T @ jnp.linalg.solve(kernel, targets)
   predictions = jnp.argmax(design(test) @ weights, axis=1)
   return jnp.mean(predictions == test_labels)

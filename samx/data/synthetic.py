@@ -1,4 +1,5 @@
-"""Synthetic data of the seed papers: signal/noise patches (Chen et al. 2023)."""
+"""Synthetic data of the seed papers: signal/noise patches (Chen et al. 2023), a Gaussian
+mixture, and an easy and a hard feature (Springer et al. 2024)."""
 
 from __future__ import annotations
 
@@ -118,3 +119,73 @@ def gaussian_mixture(
   labels = rng.integers(0, num_classes, size=n)
   inputs = centers[labels] + rng.normal(size=(n, dim))
   return inputs.astype(np.float32), labels.astype(np.int32)
+
+
+class TwoFeatureData(NamedTuple):
+  """:func:`two_features`' examples: ``inputs = [easy block, hard block]``.
+
+  Attributes:
+    inputs: float32 ``(n, easy_dim + hard_dim)``.
+    labels: int32 ``(n,)`` in {0, 1}; ``signs`` is the same as -1/+1.
+    easy_labels, hard_labels: the class each block shows (equal to ``labels`` where that
+      block's correlation is 1).
+    easy_dim: the number of leading columns that hold the easy block.
+  """
+
+  inputs: np.ndarray
+  labels: np.ndarray
+  easy_labels: np.ndarray
+  hard_labels: np.ndarray
+  easy_dim: int
+
+  @property
+  def signs(self) -> np.ndarray:
+    return (2.0 * self.labels - 1.0).astype(np.float32)
+
+
+def two_features(
+    n: int, *, easy_dim: int = 1, hard_dim: int = 20, easy_margin: float = 2.0,
+    hard_margin: float = 1.0, easy_noise: float = 0.1, hard_noise: float = 1.0,
+    easy_correlation: float = 1.0, hard_correlation: float = 1.0, seed: int,
+) -> TwoFeatureData:
+  r"""A binary problem with an easy and a hard feature, both predictive of the label.
+
+  The toy setting of feature balance (Springer et al. 2024): with :math:`t = \pm 1`, the easy
+  block is :math:`t_e\, a_e\, e_1 + \sigma_e z_e` in ``easy_dim`` dimensions (a large margin
+  :math:`a_e` and little noise: separable, learned at once) and the hard block
+  :math:`t_h\, a_h\, e_1 + \sigma_h z_h` in ``hard_dim`` dimensions (a small margin in one
+  direction among many noisy ones: its Bayes accuracy alone is :math:`\Phi(a_h / \sigma_h)`,
+  0.84 with the defaults, and a network learns it slowly). Each block shows the label
+  (:math:`t_e = t` or :math:`t_h = t`) with probability its correlation, else the other class:
+  ``0.5`` makes a block uninformative, as the dominoes' probes need.
+
+  Example:
+    >>> from samx.data.synthetic import two_features
+    >>> data = two_features(8, seed=0)
+    >>> data.inputs.shape, data.easy_dim, bool((data.easy_labels == data.labels).all())
+    ((8, 21), 1, True)
+  """
+  check_integer("n", n, 1)
+  check_integer("easy_dim", easy_dim, 1)
+  check_integer("hard_dim", hard_dim, 1)
+  for name, value in (("easy_correlation", easy_correlation),
+                      ("hard_correlation", hard_correlation)):
+    if not 0.0 <= value <= 1.0:
+      raise ValueError(f"{name} must be in [0, 1]; got {value!r}.")
+  for name, value in (("easy_noise", easy_noise), ("hard_noise", hard_noise)):
+    if not value >= 0:
+      raise ValueError(f"{name} must be >= 0; got {value!r}.")
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, size=n)
+  easy_labels = np.where(rng.uniform(size=n) < easy_correlation, labels, 1 - labels)
+  hard_labels = np.where(rng.uniform(size=n) < hard_correlation, labels, 1 - labels)
+
+  def block(shown: np.ndarray, dim: int, margin: float, noise: float) -> np.ndarray:
+    values = noise * rng.normal(size=(n, dim))
+    values[:, 0] += (2.0 * shown - 1.0) * margin
+    return values
+
+  inputs = np.concatenate([block(easy_labels, easy_dim, easy_margin, easy_noise),
+                           block(hard_labels, hard_dim, hard_margin, hard_noise)], axis=1)
+  return TwoFeatureData(inputs.astype(np.float32), labels.astype(np.int32),
+                        easy_labels.astype(np.int32), hard_labels.astype(np.int32), easy_dim)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -30,6 +30,9 @@ from samx.train.run_dir import (
 from samx.train.step import TrainState
 from samx.train.trainer import BATCH_AXIS, Trainer, make_trainer
 from samx.train.training_data import TrainingData
+
+# (trainer, state) -> extra numbers for an evaluated epoch's record.
+EpochMetrics = Callable[[Trainer, TrainState], Mapping[str, Any]]
 
 
 class RunResult(NamedTuple):
@@ -181,6 +184,7 @@ def run(
     tensorboard: bool = False,
     log: Callable[[str], None] | None = print,
     data: TrainingData | None = None,
+    epoch_metrics: EpochMetrics | None = None,
 ) -> RunResult:
   """Trains ``config`` and returns its metrics; writes them into ``run_dir`` if given.
 
@@ -208,6 +212,10 @@ def run(
   SANER's group fractions averaged over the epoch (``saner_group_a/b/c``);
   ``best_test_accuracy`` and ``best_epoch`` so far; ``learning_rate``, ``epoch_seconds``,
   ``images_per_second`` and ``steps_per_second`` of the training steps.
+
+  ``epoch_metrics(trainer, state)``, if given, is called at every evaluated epoch after the
+  evaluation; the numbers it returns join that epoch's record (and ``metrics.jsonl``), e.g.
+  linear-probe accuracies of the features over training. Its time is not training time.
   """
   say = log if log is not None and is_writer() else (lambda _: None)
   directory = None if run_dir is None else RunDirectory(run_dir, tensorboard=tensorboard)
@@ -264,7 +272,8 @@ def run(
   try:
     for epoch in range(start_epoch, config.epochs):
       state, train_seconds = _epoch(trainer, step_fn, state, step_arrays, epoch, bar, evaluator,
-                                    best, history, directory, manager, train_seconds, say)
+                                    best, history, directory, manager, train_seconds, say,
+                                    epoch_metrics)
   except KeyboardInterrupt as interrupt:
     bar.end_epoch()
     latest = _close(manager)
@@ -293,6 +302,17 @@ def run(
   return RunResult(history, summary, state, config, None if directory is None else directory.path)
 
 
+def _checked_extra_metrics(extra: Mapping[str, Any] | None, record: dict[str, Any]
+                           ) -> dict[str, float]:
+  """``epoch_metrics``'s numbers as floats; refuses names the engine already records."""
+  extra = dict(extra or {})
+  clashes = sorted(set(extra) & set(record))
+  if clashes:
+    raise ValueError(f"epoch_metrics returned {clashes}, which the engine already records; "
+                     f"give them other names.")
+  return {str(name): float(value) for name, value in extra.items()}
+
+
 def _close(manager) -> int | None:
   """Waits for the checkpoint manager's saves, closes it, and returns its latest epoch."""
   if manager is None:
@@ -306,7 +326,8 @@ def _close(manager) -> int | None:
 def _epoch(trainer: Trainer, step_fn, state: TrainState, step_arrays: dict[str, np.ndarray],
            epoch: int, bar: ProgressBar, evaluator, best: BestEpoch,
            history: list[dict[str, Any]], directory: RunDirectory | None, manager,
-           train_seconds: float, say: Callable[[str], None]) -> tuple[TrainState, float]:
+           train_seconds: float, say: Callable[[str], None],
+           epoch_metrics: EpochMetrics | None = None) -> tuple[TrainState, float]:
   """Trains and records one epoch; raises :class:`TrainingDivergedError` (recording nothing of the
   epoch) if the run stops being finite."""
   config = trainer.config
@@ -324,6 +345,8 @@ def _epoch(trainer: Trainer, step_fn, state: TrainState, step_arrays: dict[str, 
   if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
     record.update(evaluator.metrics(state))
     best.update(record)
+    if epoch_metrics is not None:
+      record.update(_checked_extra_metrics(epoch_metrics(trainer, state), record))
   record.update(best_test_accuracy=best.accuracy, best_epoch=best.epoch,
                 epoch_seconds=epoch_seconds,
                 images_per_second=trainer.steps_per_epoch * config.batch_size / epoch_seconds,

@@ -100,3 +100,20 @@ def test_saner_group_split_against_a_direct_computation():
       assert float(got) == pytest.approx(expected, rel=1e-4)
     else:
       assert np.isnan(float(got))
+
+
+def test_linear_probe_dual_form_fits_the_same_ridge_probe_as_a_direct_solve():
+  rng = np.random.default_rng(7)
+  for n, d in ((40, 300), (300, 40)):  # dual (d > n) and primal forms
+    features = rng.normal(size=(n + 200, d)).astype(np.float32)
+    labels = rng.integers(0, 3, n + 200)
+    l2 = 0.05
+    train_x, test_x = features[:n].astype(np.float64), features[n:].astype(np.float64)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x, x_test = (np.concatenate([(f - mean) / std, np.ones((len(f), 1))], 1)
+                 for f in (train_x, test_x))
+    weights = np.linalg.solve(x.T @ x + l2 * n * np.eye(d + 1), x.T @ np.eye(3)[labels[:n]])
+    expected = np.mean(np.argmax(x_test @ weights, 1) == labels[n:])
+    got = analysis.linear_probe_accuracy(features[:n], labels[:n], features[n:], labels[n:],
+                                         num_classes=3, l2=l2)
+    assert float(got) == pytest.approx(expected, abs=1.5 / 200)

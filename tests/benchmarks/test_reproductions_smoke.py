@@ -61,9 +61,28 @@ def test_label_noise(tmp_path):
 
 @needs_data
 def test_feature_balance(tmp_path):
-  run_script("feature_balance.py", "--kinds", "fmnist_mnist", "--optimizers", "sgd",
-             "--seeds", "0", "--epochs", "1", "--output-dir", str(tmp_path))
-  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-  assert len(rows) == 1 and 0.5 <= rows[0]["hard_probe"] <= 1.0
-  assert rows[0]["easy_probe"] > 0.9  # MNIST 0 vs 1 is linearly decodable after any training
-  assert "hard-feature probe" in (tmp_path / "table.md").read_text()
+  args = ("--kinds", "fmnist_mnist", "--rhos", "0,0.05", "--seeds", "0", "--epochs", "2",
+          "--train-examples", "1000", "--output-dir", str(tmp_path))
+  run_script("feature_balance.py", *args)
+  runs = json.loads((tmp_path / "results.json").read_text())["fmnist_mnist"]["runs"]
+  assert [(r["rho"], len(r["history"])) for r in runs] == [(0.0, 2), (0.05, 2)]
+  for run in runs:
+    for record in run["history"]:  # probes after every epoch
+      assert 0.4 <= record["hard_probe"] <= 1.0 and 0.4 <= record["val_hard_probe"] <= 1.0
+    assert run["history"][-1]["easy_probe"] > 0.9  # MNIST 0 vs 1 is decodable after training
+  table = (tmp_path / "table.md").read_text()
+  assert "sam rho=0.05 (selected)" in table and (tmp_path / "feature_balance.png").exists()
+  again = run_script("feature_balance.py", *args)  # reuses both finished runs
+  assert json.loads(again.splitlines()[0])["seconds"] < 30
+
+
+def test_feature_balance_toy(tmp_path):
+  run_script("feature_balance_toy.py", "--optimizers", "sgd,1-sam+rho=1", "--seeds", "0",
+             "--steps", "40", "--evaluate-every", "20", "--output-dir", str(tmp_path))
+  runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+  assert [[row["step"] for row in r["curve"]] for r in runs] == [[0, 20, 40]] * 2
+  for run in runs:
+    assert abs(sum(run["weights_phantom"]) - 1) < 1e-4 and len(run["weights_real"]) == 512
+    assert 0 <= run["curve"][-1]["gini_real"] <= 1
+  assert "Gini at w+eps" in (tmp_path / "table.md").read_text()
+  assert (tmp_path / "feature_balance_toy.png").exists()

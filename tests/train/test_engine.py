@@ -198,3 +198,29 @@ def test_plot_comparison_leaves_the_matplotlib_backend_alone(tmp_path):
     assert path.stat().st_size > 1000 and matplotlib.get_backend() == "svg"
   finally:
     matplotlib.use(previous)
+
+
+def test_epoch_metrics_join_each_evaluated_epochs_record(tmp_path):
+  seen = []
+
+  def weight_norm(trainer, state):
+    seen.append(int(state.step))
+    return {"weight_norm": float(optax_global_norm(state.params)), "calls": len(seen)}
+
+  result = train.run(small("eval_every=2", epochs=3), tmp_path / "run", log=None,
+                     epoch_metrics=weight_norm)
+  assert seen == [2 * 8, 3 * 8]  # epochs 2 and 3 (the last is always evaluated)
+  assert [r.get("calls") for r in result.history] == [None, 1, 2]
+  assert result.history[-1]["weight_norm"] == pytest.approx(
+      float(optax_global_norm(result.state.params)))
+  stored = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+  assert stored[-1]["weight_norm"] == result.history[-1]["weight_norm"]
+  with pytest.raises(ValueError, match="test_accuracy"):
+    train.run(small(epochs=1), log=None, epoch_metrics=lambda t, s: {"test_accuracy": 1.0})
+
+
+def optax_global_norm(tree):
+  import optax
+
+  return optax.tree.norm(tree)

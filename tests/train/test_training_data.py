@@ -1,7 +1,11 @@
 """The run's arrays: one contract for both splits, and label noise read from a file applied to
 the whole split before a subset is taken."""
 
+import os
+import pathlib
+
 import numpy as np
+import pytest
 
 from samx import train
 from samx.data import synthetic
@@ -38,3 +42,19 @@ def test_a_noise_file_is_applied_to_the_whole_split_then_subset(tmp_path):
   np.testing.assert_array_equal(data.train["label"], given[rows])
   np.testing.assert_array_equal(data.train["clean_label"], clean[rows])
   np.testing.assert_array_equal(data.train["noisy"], np.asarray(rows) % 2 == 1)
+
+
+DATA_DIR = os.environ.get("SAMX_DATA_DIR")
+
+
+@pytest.mark.skipif(not DATA_DIR or not (pathlib.Path(DATA_DIR) / "fashion-mnist").is_dir(),
+                    reason="needs SAMX_DATA_DIR with mnist/ and fashion-mnist/")
+def test_five_class_dominoes_hold_out_a_validation_share_of_the_train_split():
+  config = train.override(train.Config(), [
+      "data.name=dominoes:fmnist_mnist", "data.options.easy_classes=0,1,2,3,4",
+      "data.options.hard_classes=(0,1,2,3,4)", "data.options.validation_fraction=0.1"])
+  data = train.load_data(config)
+  assert data.num_classes == 5
+  assert len(data.train["label"]) == 27000  # 90% of FMNIST's 5 x 6000 training images
+  assert data.input_shape == (56, 28, 1) and len(data.test["label"]) == 5000
+  assert set(np.unique(data.train["label"]).tolist()) == set(range(5))
