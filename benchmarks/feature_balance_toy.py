@@ -130,7 +130,8 @@ def train_one(spec: str, seed: int, steps: int, evaluate_every: int, learning_ra
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--optimizers", default="sgd,sam+rho=2,1-sam+rho=1")
+  parser.add_argument("--optimizers", default="sgd,sam+rho=0.25,sam+rho=0.5,sam+rho=1,sam+rho=2,"
+                      "1-sam+rho=0.25,1-sam+rho=0.5,1-sam+rho=1")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--steps", type=int, default=3000)
   parser.add_argument("--evaluate-every", type=int, default=100)

@@ -32,6 +32,8 @@ import pathlib
 import statistics
 import time
 
+import numpy as np
+
 from samx import train
 
 # name: (preset, overrides). CPU scale: a ResNet-18 of width 1/16 on 4,000 CIFAR-10 images
@@ -56,6 +58,10 @@ SETTINGS = {
     # normalised by its own statistics).
     "cifar10-sym50-cnn": (*CIFAR, ["model.name=small_cnn", "model.width=1.0",
                                    "noise.kind=symmetric", "noise.rate=0.5"]),
+    # Pilot of a larger CIFAR-10 setting: the small CNN on 10,000 images.
+    "cifar10-sym40-cnn10k": (*CIFAR, ["model.name=small_cnn", "model.width=1.0",
+                                      "data.train_examples=10000", "data.test_examples=2000",
+                                      "noise.kind=symmetric", "noise.rate=0.4"]),
     # 1-SAM on a small model (an MLP on Fashion-MNIST).
     "fmnist-sym50-mlp": ("fashion-mnist-noise-cpu", [
         "model.name=mlp", "model.hidden=256", "epochs=20", "saner.warmup_epochs=5",
@@ -131,8 +137,52 @@ def main() -> None:
   results_file.write_text(json.dumps(previous, indent=2) + "\n")
   table = format_table(previous)
   (args.output_dir / "table.md").write_text(table + "\n")
+  for setting in args.settings.split(","):
+    plot_saner_figure1(args.output_dir / setting, args.output_dir / setting / "figure1.png")
   print(table)
   print(f"\n{time.perf_counter() - started:.0f} s; results in {args.output_dir}")
+
+
+def histories(setting_dir: pathlib.Path) -> dict[str, list[list[dict]]]:
+  """Each optimizer's per-epoch metrics, one list per seed, from a setting's run directories."""
+  found: dict[str, list[list[dict]]] = {}
+  for metrics in sorted(setting_dir.glob("seed*/*/metrics.jsonl")):
+    if (metrics.parent / "summary.json").exists():
+      found.setdefault(metrics.parent.name, []).append(
+          [json.loads(line) for line in metrics.read_text().splitlines()])
+  return found
+
+
+def plot_saner_figure1(setting_dir: pathlib.Path, path: pathlib.Path) -> None:
+  """SANER's Figure 1 for one setting: against epochs, the accuracy on the noisy training
+  examples (their given, wrong labels), the gap between the clean and the noisy examples'
+  training accuracies, and the test accuracy; mean over seeds, band = min to max."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  runs = histories(setting_dir)
+  if not runs:
+    return
+  panels = (("noisy_memorization", "accuracy on noisy training labels"),
+            ("gap", "clean - noisy training accuracy"), ("test_accuracy", "test accuracy"))
+  figure, axes = plt.subplots(1, 3, figsize=(15, 3.8), constrained_layout=True)
+  for name, seeds in runs.items():
+    length = min(len(h) for h in seeds)
+    epochs = [record["epoch"] for record in seeds[0][:length]]
+    for axis, (key, title) in zip(axes, panels, strict=True):
+      values = np.array([[r["train_clean_accuracy"] - r["noisy_memorization"] if key == "gap"
+                          else r[key] for r in h[:length]] for h in seeds])
+      line, = axis.plot(epochs, values.mean(0), label=f"{name} ({len(seeds)} seeds)")
+      if len(seeds) > 1:
+        axis.fill_between(epochs, values.min(0), values.max(0), alpha=0.2,
+                          color=line.get_color())
+      axis.set(title=title, xlabel="epoch")
+  axes[0].legend(fontsize=8)
+  figure.suptitle(f"{setting_dir.name}: SANER's Figure 1")
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
 
 
 def _cell(stat: dict, digits: int = 3) -> str:
