@@ -4,8 +4,11 @@ Data (``samx.data.synthetic.two_features``): a binary label shown by an easy blo
 dimension, margin 2, noise 0.1: separable, learned in a few steps) and a hard block (20
 dimensions, margin 1 in one of them, unit noise in all: Bayes accuracy 0.84 alone). Model: a
 two-layer ReLU network ``f(x) = v . relu(W x + b)`` (width 100) with the logistic loss, trained
-by full-batch gradient descent (lr 0.1) with SGD's gradient, SAM's (one ``eps`` for the batch)
-and 1-SAM's (one per example; ``samx.sam(rho, group_size=1)``) on 512 examples.
+by full-batch gradient descent (lr 0.1) with SGD's gradient, SAM's (one ``eps`` for the batch),
+1-SAM's (one per example; ``samx.sam(rho, group_size=1)``) and 1-SAM's two halves: L-SAM (the
+importance weights at the phantom point, the Jacobian at ``w``: Springer et al.'s
+importance-weighting effect alone) and J-SAM (the Jacobian there: their learning-rate-scaling
+effect alone), on 512 examples.
 
 Measured along training, on 4,000 fresh test examples: the model's accuracy from each feature
 alone (the other block set to zero) and a ridge probe on the hidden features (trained on 2,000
@@ -57,14 +60,22 @@ def logistic(outputs: jax.Array, signs: jax.Array) -> jax.Array:
   return jnp.logaddexp(0.0, -signs * outputs)
 
 
+# name: (transform, one eps per example?). L-SAM keeps only the importance weights at the
+# phantom point (Jacobian at w), J-SAM only the Jacobian there (Baek et al.'s decomposition;
+# Springer et al.'s importance-weighting and learning-rate-scaling effects).
+TRANSFORMS = {"sam": (samx.sam, False), "1-sam": (samx.sam, True),
+              "1-l-sam": (samx.logit_sam, True), "1-j-sam": (samx.jacobian_sam, True)}
+
+
 def parse(spec: str) -> tuple[str, str, float, int | None]:
-  """``sgd``, ``sam+rho=R`` or ``1-sam+rho=R`` -> (label, kind, rho, group_size)."""
+  """``sgd`` or ``NAME+rho=R`` (NAME in ``TRANSFORMS``) -> (label, name, rho, group_size)."""
   name, *settings = spec.split("+")
   values = dict(s.split("=") for s in settings)
   rho = float(values.get("rho", 0.0))
-  if name not in ("sgd", "sam", "1-sam"):
-    raise SystemExit(f"--optimizers: unknown {name!r}; use sgd, sam+rho=R or 1-sam+rho=R")
-  return spec, name, rho, 1 if name == "1-sam" else None
+  if name != "sgd" and name not in TRANSFORMS:
+    raise SystemExit(f"--optimizers: unknown {name!r}; use sgd or one of {sorted(TRANSFORMS)} "
+                     f"with +rho=R")
+  return spec, name, rho, 1 if name != "sgd" and TRANSFORMS[name][1] else None
 
 
 def probe_sets(seed: int, feature: str) -> tuple:
@@ -83,7 +94,7 @@ def train_one(spec: str, seed: int, steps: int, evaluate_every: int, learning_ra
   objective = samx.Objective(apply, logistic, jnp.asarray(data.inputs), jnp.asarray(data.signs))
   params = init(jax.random.PRNGKey(seed), data.inputs.shape[1])
   tx = optax.sgd(learning_rate) if kind == "sgd" else optax.chain(
-      samx.sam(rho, group_size=group_size), optax.sgd(learning_rate))
+      TRANSFORMS[kind][0](rho, group_size=group_size), optax.sgd(learning_rate))
   state = tx.init(params)
   # Importance weights: SGD's phantom point at a nominal radius, to show the same comparison.
   weight_rho = rho if kind != "sgd" else 1.0
@@ -131,7 +142,8 @@ def train_one(spec: str, seed: int, steps: int, evaluate_every: int, learning_ra
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--optimizers", default="sgd,sam+rho=0.25,sam+rho=0.5,sam+rho=1,sam+rho=2,"
-                      "1-sam+rho=0.25,1-sam+rho=0.5,1-sam+rho=1")
+                      "1-sam+rho=0.25,1-sam+rho=0.5,1-sam+rho=1,1-l-sam+rho=0.5,1-l-sam+rho=1,"
+                      "1-j-sam+rho=0.5,1-j-sam+rho=1")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--steps", type=int, default=3000)
   parser.add_argument("--evaluate-every", type=int, default=100)
@@ -180,7 +192,7 @@ def plot(runs: list[dict], specs: list[str], path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt
 
   figure, axes = plt.subplots(1, 4, figsize=(18, 3.8), constrained_layout=True)
-  colors = dict(zip(specs, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+  colors = {spec: plt.get_cmap("tab20")(index % 20) for index, spec in enumerate(specs)}
   for spec in specs:
     chosen = [r for r in runs if r["optimizer"] == spec]
     steps = [row["step"] for row in chosen[0]["curve"]]
