@@ -71,6 +71,11 @@ OPTIMIZERS = "sgd,sam,saner,lsam,jsam,penalty"
 SMALL_MODEL_OPTIMIZERS = "sgd,sam,sam+group_size=1,jsam+group_size=1,lsam+group_size=1"
 
 
+def uses_small_model(setting: str) -> bool:
+  """Whether a setting takes ``--small-model-optimizers`` (the small models' settings)."""
+  return setting.endswith("-mlp") or "-cnn" in setting
+
+
 def config_for(setting: str, args) -> train.Config:
   preset, base, noise = SETTINGS[setting]
   extra = [] if args.epochs is None else [f"epochs={args.epochs}"]
@@ -110,7 +115,7 @@ def main() -> None:
   results: dict[str, dict] = {}
   for setting in args.settings.split(","):
     config = config_for(setting, args)
-    optimizers = (args.small_model_optimizers if setting.endswith(("-mlp", "-cnn"))
+    optimizers = (args.small_model_optimizers if uses_small_model(setting)
                   else args.optimizers).split(",")
     runs: dict[str, list[dict]] = {name: [] for name in optimizers}
     for seed in seeds:

@@ -57,6 +57,7 @@ def test_label_noise(tmp_path):
   assert stats["sam+group_size=1"]["best_test_accuracy"]["n"] == 1
   assert "| fmnist-sym50-mlp | sgd | 2 |" in (tmp_path / "table.md").read_text()
   assert (tmp_path / "fmnist-sym50-mlp" / "seed0" / "compare.png").exists()
+  assert (tmp_path / "fmnist-sym50-mlp" / "figure1.png").exists()  # SANER's Figure 1
 
 
 @needs_data
