@@ -87,3 +87,27 @@ def test_feature_balance_toy(tmp_path):
     assert 0 <= run["curve"][-1]["gini_real"] <= 1
   assert "Gini at w+eps" in (tmp_path / "table.md").read_text()
   assert (tmp_path / "feature_balance_toy.png").exists()
+
+
+def test_rate_tables_group_symmetric_settings_by_family():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import label_noise
+  finally:
+    sys.path.pop(0)
+
+  def stats(best, final):
+    return {"best_test_accuracy": {"mean": best, "std": 0.0, "n": 1},
+            "final_test_accuracy": {"mean": final, "std": 0.0, "n": 1}}
+
+  results = {f"cifar10-sym{rate}-cnn10k": {"optimizers": {"sgd": stats(0.5, 0.3 - rate / 1000),
+                                                          "sam": stats(0.6, 0.5)}}
+             for rate in (80, 20)}
+  results["cifar10-asym40-cnn10k"] = {"optimizers": {"sgd": stats(0.1, 0.1)}}
+  results["fmnist-sym25"] = {"optimizers": {"sgd": stats(0.8, 0.7)}}  # one rate: no table
+  tables = label_noise.format_rate_tables(results)
+  assert list(tables) == ["cifar10-cnn10k"]
+  lines = tables["cifar10-cnn10k"].splitlines()
+  assert lines[0] == "| noise | sgd best | sgd final | sam best | sam final |"
+  assert lines[2] == "| 20% | 0.500 | 0.280 | 0.600 | 0.500 |"
+  assert lines[3].startswith("| 80% | 0.500 | 0.220 |")
