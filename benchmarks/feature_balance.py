@@ -68,10 +68,10 @@ def config_for(name: str, rho: float, seed: int, args) -> train.Config:
 class Prober:
   """Probe sets of one dataset: decorrelated dominoes of the validation and the test split."""
 
-  def __init__(self, name: str, data_dir: str | None, l2: float):
+  def __init__(self, name: str, data_dir: str | None, l2: float, every: int = 1):
     kind, options = KINDS[name]
     self.k = len(options.get("hard_classes", (0, 1)))
-    self.l2 = l2
+    self.l2, self.every = l2, every
     self.sets = {}
     for feature in ("hard", "easy"):
       other = "easy_correlation" if feature == "hard" else "hard_correlation"
@@ -84,6 +84,9 @@ class Prober:
                             test.metadata[key])
 
   def __call__(self, trainer: train.Trainer, state: train.TrainState) -> dict[str, float]:
+    epoch = int(state.step) // trainer.steps_per_epoch
+    if epoch % self.every and epoch != trainer.config.epochs:
+      return {}
     model = trainer.eval_model(state)
     features = jax.jit(lambda x: model.features(trainer.preprocess(x)))
 
@@ -138,6 +141,8 @@ def main() -> None:
   parser.add_argument("--train-examples", type=int, default=None,
                       help="train on a random subset of the 90%% (default: all of it)")
   parser.add_argument("--l2", type=float, default=1e-2, help="the probes' ridge penalty")
+  parser.add_argument("--probe-every", type=int, default=1,
+                      help="probe every this many epochs (and after the last)")
   parser.add_argument("--output-dir", type=pathlib.Path,
                       default=pathlib.Path("benchmarks/results/feature_balance"))
   args = parser.parse_args()
@@ -147,7 +152,8 @@ def main() -> None:
   results_file = args.output_dir / "results.json"
   results = json.loads(results_file.read_text()) if results_file.exists() else {}
   for name in args.kinds.split(","):
-    prober = Prober(name, train.preset("dominoes-cifar-mnist").data.data_dir, args.l2)
+    prober = Prober(name, train.preset("dominoes-cifar-mnist").data.data_dir, args.l2,
+                    args.probe_every)
     runs = []
     for rho in rhos:
       for seed in seeds:
