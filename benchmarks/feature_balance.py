@@ -127,6 +127,13 @@ def run_one(config: train.Config, directory: pathlib.Path, prober: Prober) -> di
   return {"history": result.history, "summary": result.summary, "diverged": False}
 
 
+def initial_probes(name: str, seed: int, args, prober: Prober) -> dict:
+  """The probes of the untrained network (the seed's initialisation): the floor that training
+  improves on."""
+  trainer = train.make_trainer(config_for(name, 0.0, seed, args))
+  return {"seed": seed, **prober(trainer, trainer.init())}
+
+
 def label(rho: float) -> str:
   return "sgd" if rho == 0 else f"sam rho={rho:g}"
 
@@ -169,7 +176,8 @@ def main() -> None:
                           "seconds": round(time.perf_counter() - started)}), flush=True)
     results[name] = {"arguments": {k: str(v) for k, v in vars(args).items()},
                      "config": train.to_dict(config_for(name, rhos[-1], seeds[0], args)),
-                     "runs": runs}
+                     "runs": runs, "initial": [initial_probes(name, seed, args, prober)
+                                               for seed in seeds]}
   args.output_dir.mkdir(parents=True, exist_ok=True)
   results_file.write_text(json.dumps(results) + "\n")
   table = format_tables(results)
@@ -206,6 +214,10 @@ def format_tables(results: dict) -> str:
   for name, entry in results.items():
     runs = entry["runs"]
     chosen = selected_rho(runs)
+    initial = entry.get("initial", [])
+    if initial:
+      lines.append(f"| {name} | untrained (initialisation) | {len(initial)} | - | "
+                   + " | ".join(_cell([p[k] for p in initial]) for k in keys[1:]) + " | - |")
     for rho in sorted({r["rho"] for r in runs}):
       group = [r for r in runs if r["rho"] == rho]
       diverged = sum(r["diverged"] for r in group)
