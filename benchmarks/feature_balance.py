@@ -35,6 +35,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import samx
 from samx import train
@@ -65,6 +66,10 @@ def config_for(name: str, rho: float, seed: int, args) -> train.Config:
   return train.override(train.preset("dominoes-cifar-mnist"), assignments)
 
 
+_probe_accuracy = jax.jit(samx.analysis.linear_probe_accuracy,
+                          static_argnames=("num_classes", "l2"))
+
+
 class Prober:
   """Probe sets of one dataset: decorrelated dominoes of the validation and the test split."""
 
@@ -83,26 +88,39 @@ class Prober:
       self.sets[feature] = (validation.images, validation.metadata[key], test.images,
                             test.metadata[key])
 
+  def _features_of(self, trainer: train.Trainer):
+    """The frozen network's penultimate features, compiled once per trainer."""
+    if getattr(self, "_trainer", None) is not trainer:
+
+      def features(params, model_state, images):
+        model = nnx.merge(trainer.eval_graphdef, params, model_state)
+        return model.features(trainer.preprocess(images))
+
+      self._trainer, self._features = trainer, jax.jit(features)
+    return self._features
+
+  def probe(self, fit_x: jax.Array, fit_y: np.ndarray, test_x: jax.Array, test_y: np.ndarray
+            ) -> float:
+    return float(_probe_accuracy(fit_x, jnp.asarray(fit_y), test_x, jnp.asarray(test_y),
+                                 num_classes=self.k, l2=self.l2))
+
   def __call__(self, trainer: train.Trainer, state: train.TrainState) -> dict[str, float]:
     epoch = int(state.step) // trainer.steps_per_epoch
     if epoch % self.every and epoch != trainer.config.epochs:
       return {}
-    model = trainer.eval_model(state)
-    features = jax.jit(lambda x: model.features(trainer.preprocess(x)))
+    features = self._features_of(trainer)
 
     def embed(images: np.ndarray) -> jax.Array:
-      return jnp.concatenate([features(images[i:i + 1000]) for i in range(0, len(images), 1000)
-                              ]).astype(jnp.float32)
+      return jnp.concatenate([features(state.params, state.model_state, images[i:i + 1000])
+                              for i in range(0, len(images), 1000)]).astype(jnp.float32)
 
     metrics = {}
     for feature, (val_x, val_y, test_x, test_y) in self.sets.items():
       val_f, test_f = embed(val_x), embed(test_x)
       half = len(val_y) // 2
-      probe = lambda a, b, c, d: float(samx.analysis.linear_probe_accuracy(  # noqa: E731
-          a, jnp.asarray(b), c, jnp.asarray(d), num_classes=self.k, l2=self.l2))
-      metrics[f"val_{feature}_probe"] = probe(val_f[:half], val_y[:half], val_f[half:],
-                                              val_y[half:])
-      metrics[f"{feature}_probe"] = probe(val_f, val_y, test_f, test_y)
+      metrics[f"val_{feature}_probe"] = self.probe(val_f[:half], val_y[:half], val_f[half:],
+                                                   val_y[half:])
+      metrics[f"{feature}_probe"] = self.probe(val_f, val_y, test_f, test_y)
     return metrics
 
 
