@@ -77,6 +77,7 @@ class Prober:
     kind, options = KINDS[name]
     self.k = len(options.get("hard_classes", (0, 1)))
     self.l2, self.every = l2, every
+    self._trainer, self._features = None, None
     self.sets = {}
     for feature in ("hard", "easy"):
       other = "easy_correlation" if feature == "hard" else "hard_correlation"
@@ -90,7 +91,7 @@ class Prober:
 
   def _features_of(self, trainer: train.Trainer):
     """The frozen network's penultimate features, compiled once per trainer."""
-    if getattr(self, "_trainer", None) is not trainer:
+    if self._trainer is not trainer:
 
       def features(params, model_state, images):
         model = nnx.merge(trainer.eval_graphdef, params, model_state)
