@@ -21,6 +21,7 @@ def test_without_the_extra_the_error_names_it():
 
 @pytest.mark.skipif(not (HAS_TFDS and HAS_TF), reason="needs tensorflow-datasets and tensorflow")
 @needs_real_data
+@pytest.mark.slow
 def test_tfds_mnist_prepared_offline_equals_the_idx_reader(tmp_path, monkeypatch):
   monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
   via_tfds = samx.data.load("tfds:mnist", "test", cache_dir=tmp_path)

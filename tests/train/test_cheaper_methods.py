@@ -79,6 +79,7 @@ def bn_config(*assignments):
       "epochs=1", "batch_size=32", "eval_batch_size=64", "checkpoint_every=0", *assignments])
 
 
+@pytest.mark.slow
 def test_sam_on_perturbs_only_the_normalization_layers():
   data = image_data()
   sam_on = train.run(bn_config("optimizer.name=sam_on"), log=None, data=data)
@@ -114,13 +115,14 @@ def test_sam_on_one_step_is_sam_with_eps_on_the_normalization_parameters():
     model = nnx.merge(trainer.graphdef, p, rest, copy=True)
     return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
-  g = jax.grad(loss)(params)
+  grad = jax.jit(jax.grad(loss))
+  g = grad(params)
   norm_mask = samx.models.normalization_mask(nnx.merge(trainer.graphdef, params, rest))
   selected = [leaf for leaf, m in zip(jax.tree.leaves(g), jax.tree.leaves(norm_mask),
                                       strict=True) if m]
   norm = np.sqrt(sum(float(np.sum(np.square(leaf))) for leaf in selected))
   eps = jax.tree.map(lambda d, m: 0.5 * d / norm if m else 0 * d, g, norm_mask)
-  g_sam = jax.grad(loss)(jax.tree.map(lambda w, e: w + e, params, eps))
+  g_sam = grad(jax.tree.map(lambda w, e: w + e, params, eps))
   for new, w, d in zip(jax.tree.leaves(new_params), jax.tree.leaves(params),
                        jax.tree.leaves(g_sam), strict=True):
     np.testing.assert_allclose(new, w - d, rtol=2e-4, atol=2e-5)

@@ -13,6 +13,7 @@ from samx.data import pipeline
 from samx.train.trainer import BATCH_AXIS
 
 
+@pytest.mark.slow
 def test_bfloat16_quickstart_matches_float32_and_keeps_float32_state():
   results = {}
   for dtype in ("float32", "bfloat16"):

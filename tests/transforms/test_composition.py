@@ -126,10 +126,15 @@ def test_nnx_optimizer_matches_the_functional_loop(name):
   objective = samx.Objective(apply, _xent, x, labels)
   tx = make_tx()
   state = tx.init(params)
+
+  @jax.jit
+  def functional_step(params, state):
+    updates, state = tx.update(objective.grad(params), state, params, objective=objective)
+    return optax.apply_updates(params, updates), state
+
   for _ in range(4):
     nnx_step(model, optimizer)
-    updates, state = tx.update(objective.grad(params), state, params, objective=objective)
-    params = optax.apply_updates(params, updates)
+    params, state = functional_step(params, state)
   chex.assert_trees_all_close(nnx.state(model, nnx.Param), params, rtol=1e-5, atol=1e-6)
 
 

@@ -221,6 +221,7 @@ def test_activation_and_output_rows_give_the_weight_gradient():
 # ---------------------------------------------------------------- what the structure does not cover
 
 
+@pytest.mark.slow
 def test_mixed_models_fall_back_per_leaf_and_say_why():
   """A weight used twice, one inside lax.scan, a depthwise convolution, a custom_vjp and a
   multiplicative scale get per-group copies; the layer weights around them do not."""
