@@ -100,6 +100,7 @@ def image_data(n=256, size=8, classes=4, seed=0):
                       np.full(3, 0.25))
 
 
+@pytest.mark.slow
 def test_batchnorm_model_with_augmentation_updates_statistics_from_the_clean_pass():
   config = train.override(train.Config(), [
       "data.name=cifar10", "data.augment=true", "model.name=wide_resnet", "model.depth=10",
