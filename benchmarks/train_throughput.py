@@ -118,7 +118,7 @@ def prefetch_effect(presets: list[str], dtype: str, steps: int, rounds: int) -> 
 
 def scaling(preset: str, optimizer: str, steps: int, rounds: int) -> list[dict]:
   if jax.device_count() < 8:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    env = {**os.environ, "XLA_FLAGS": train.virtual_cpu_devices_flags(8),
            "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     out = subprocess.run([sys.executable, __file__, "--scaling", "--scaling-preset", preset,
                           "--scaling-optimizer", optimizer, "--steps", str(steps), "--rounds",

@@ -343,11 +343,14 @@ and replicates the state; XLA inserts the collectives, so SAM's `eps` (and, in m
 BatchNorm, its statistics) are those of the global batch, and the same code runs on one CPU,
 eight GPUs or a TPU pod. On a
 CPU this notebook makes 8 virtual devices (importing JAX does not start its backends, so the
-flag still takes effect here, before the first computation)."""),
+flag still takes effect here, before the first computation), whose collectives wait patiently
+for device threads that a busy machine starves (`samx.train.virtual_cpu_devices_flags`)."""),
     ("code", """import os
 
+from samx.train import virtual_cpu_devices_flags
+
 if SCALE == "cpu":   # 8 virtual CPU devices; must be set before JAX initialises its backends
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8\""""),
+  os.environ["XLA_FLAGS"] = virtual_cpu_devices_flags(8)"""),
     ("code", """import jax
 
 from samx import train

@@ -11,6 +11,7 @@ One module per concern, each importing only those above it in this list:
 - ``step``: the pure training step; ``evaluation``: the clean/noisy metrics.
 - ``trainer``: the mesh and the compiled functions; ``run_dir``, ``progress``, ``checkpoints``:
   what a run writes and shows; ``loop``: :func:`run`; ``compare``, ``presets``.
+- ``host_devices``: :func:`virtual_cpu_devices_flags`, for many-device runs on one CPU.
 
 Example:
   >>> from samx import train
@@ -38,6 +39,7 @@ from samx.train.errors import (
     TrainingDivergedError,
     TrainingInterrupted,
 )
+from samx.train.host_devices import virtual_cpu_devices_flags
 from samx.train.loop import RunResult, run
 from samx.train.methods import METHODS, GSAMConfig, Method, SANERConfig
 from samx.train.presets import PRESETS, preset
@@ -79,4 +81,5 @@ __all__ = [
     "run",
     "to_dict",
     "validate",
+    "virtual_cpu_devices_flags",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from samx.data import pipeline
+from samx.train import virtual_cpu_devices_flags
 
 
 def _arrays(n=100):
@@ -75,7 +76,7 @@ def test_batches_are_sharded_over_a_mesh_of_eight_devices():
         np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
       print("ok", len(sharded))
       """)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**os.environ, "XLA_FLAGS": virtual_cpu_devices_flags(8),
          "JAX_PLATFORMS": "cpu"}
   result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=300, check=False)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from samx.train import virtual_cpu_devices_flags
+
 HERE = pathlib.Path(__file__).parent
 TIMING_KEYS = ("epoch_seconds", "images_per_second", "steps_per_second")
 SMALL = ["data.options.train_size=2048", "data.options.test_size=1024", "epochs=3",
@@ -30,7 +32,7 @@ def assert_same_metrics(a, b, *, atol):
 
 
 def run_on_8_devices(preset, *assignments):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**os.environ, "XLA_FLAGS": virtual_cpu_devices_flags(8),
          "JAX_PLATFORMS": "cpu"}
   result = subprocess.run([sys.executable, str(HERE / "devices_check.py"), preset,
                            *assignments], env=env, capture_output=True, text=True, timeout=900)

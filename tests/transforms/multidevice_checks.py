@@ -6,7 +6,9 @@ compares the parameters with the same training on one device. Exits non-zero on 
 
 import os
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+from samx.train import virtual_cpu_devices_flags  # importing JAX does not start its backends
+
+os.environ["XLA_FLAGS"] = virtual_cpu_devices_flags(8)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import sys

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from samx.train import virtual_cpu_devices_flags
+
 CHECKS = pathlib.Path(__file__).with_name("multidevice_checks.py")
 # The checkout under test, first on the subprocess's path: pytest puts it on this process's
 # path, but an installed samx (or none) is what a bare subprocess would import.
@@ -21,7 +23,7 @@ REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 @pytest.mark.slow  # a subprocess that compiles every transform three ways on 8 devices
 def test_eight_devices_match_one_device():
   path = os.pathsep.join([str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])])
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**os.environ, "XLA_FLAGS": virtual_cpu_devices_flags(8),
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
   result = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True,
                           text=True, timeout=600, check=False)
