@@ -4,8 +4,9 @@ asymmetric noise, plus 1-SAM on a small model.
 
 Each setting is one ``samx.train.compare`` of the engine: the same data, noise, initialisation
 and batch order for every optimizer. Reported per (setting, optimizer): the best test accuracy
-over epochs (the papers' early-stopped peak) and its epoch, the final test accuracy, the final
-share of noisy training labels the model fits (memorization), and the training time. The
+over epochs (the papers' early-stopped peak) and its epoch, the final test accuracy, the share
+of noisy training labels the model fits (memorization) halfway through training and at the end,
+the final accuracy on the training examples whose label is clean, and the training time. The
 headline optimizers run with several seeds (mean ± standard deviation), the others with the
 first seed.
 
@@ -101,6 +102,12 @@ def sam_step_share(history: list[dict]) -> float | None:
   return statistics.fmean(shares) if shares else None
 
 
+def halfway_memorization(history: list[dict]) -> float | None:
+  """The share of noisy labels fitted after half of the epochs (epoch 10 of 20): how fast a
+  method memorizes, which the final share alone does not show."""
+  return history[len(history) // 2 - 1].get("noisy_memorization") if len(history) > 1 else None
+
+
 def summarise(values: list[float | None]) -> dict:
   values = [v for v in values if v is not None]
   if not values:
@@ -138,13 +145,15 @@ def main() -> None:
       out = args.output_dir / setting / f"seed{seed}"
       compared = train.compare(seeded, chosen, out, log=None)
       for name, result in compared.items():
-        runs[name].append({**result.summary, "sam_step_share": sam_step_share(result.history)})
+        runs[name].append({**result.summary, "sam_step_share": sam_step_share(result.history),
+                           "halfway_noisy_memorization": halfway_memorization(result.history)})
       print(f"{setting} seed {seed}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     results[setting] = {
         "config": train.to_dict(config),
         "optimizers": {name: {key: summarise([s[key] for s in summaries]) for key in (
             "best_test_accuracy", "best_epoch", "final_test_accuracy",
-            "final_noisy_memorization", "train_seconds", "sam_step_share")}
+            "halfway_noisy_memorization", "final_noisy_memorization",
+            "final_train_clean_accuracy", "train_seconds", "sam_step_share")}
             for name, summaries in runs.items()},
         "runs": runs}
   args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +248,9 @@ def _cell(stat: dict, digits: int = 3) -> str:
 
 def format_table(results: dict) -> str:
   lines = ["| setting | optimizer | seeds | best test acc | at epoch | final test acc | "
-           "noisy memorized | seconds |", "|---|---|---|---|---|---|---|---|"]
+           "noisy memorized halfway | at the end | clean train acc | seconds |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  missing = {"mean": None}
   for setting, entry in results.items():
     for name, stats in entry["optimizers"].items():
       share = stats.get("sam_step_share", {"mean": None})
@@ -248,7 +259,9 @@ def format_table(results: dict) -> str:
       lines.append(f"| {setting} | {name} | {stats['best_test_accuracy']['n']} | "
                    f"{_cell(stats['best_test_accuracy'])} | {_cell(stats['best_epoch'], 0)} | "
                    f"{_cell(stats['final_test_accuracy'])} | "
+                   f"{_cell(stats.get('halfway_noisy_memorization', missing))} | "
                    f"{_cell(stats['final_noisy_memorization'])} | "
+                   f"{_cell(stats.get('final_train_clean_accuracy', missing))} | "
                    f"{_cell(stats['train_seconds'], 0)} |")
   return "\n".join(lines)
 

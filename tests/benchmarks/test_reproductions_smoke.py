@@ -114,3 +114,21 @@ def test_rate_tables_group_symmetric_settings_by_family():
   assert lines[0] == "| noise | sgd best | sgd final | sam best | sam final |"
   assert lines[2] == "| 20% | 0.500 | 0.280 | 0.600 | 0.500 |"
   assert lines[3].startswith("| 80% | 0.500 | 0.220 |")
+
+
+def test_halfway_memorization_and_the_table_without_it():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  try:
+    import label_noise
+  finally:
+    sys.path.pop(0)
+  history = [{"epoch": e, "noisy_memorization": e / 10} for e in range(1, 21)]
+  assert label_noise.halfway_memorization(history) == 1.0  # epoch 10 of 20
+  assert label_noise.halfway_memorization(history[:3]) == 0.1  # epoch 1 of 3
+  assert label_noise.halfway_memorization(history[:1]) is None
+  one = {"mean": 0.5, "std": 0.0, "n": 1}
+  old_entry = {key: one for key in ("best_test_accuracy", "best_epoch", "final_test_accuracy",
+                                    "final_noisy_memorization", "train_seconds")}
+  table = label_noise.format_table({"fmnist-sym25": {"optimizers": {"sgd": old_entry}}})
+  assert table.splitlines()[2] == ("| fmnist-sym25 | sgd | 1 | 0.500 | 0 | 0.500 | - | 0.500 | - "
+                                   "| 0 |")
