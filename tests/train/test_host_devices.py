@@ -48,6 +48,7 @@ def test_refuses_a_timeout_that_is_not_whole_seconds(seconds):
     virtual_cpu_devices_flags(8, collective_timeout_seconds=seconds, existing="")
 
 
+@pytest.mark.slow  # a subprocess that starts JAX on 8 devices
 def test_xla_accepts_the_flags_and_makes_the_devices():
   # XLA aborts on a flag it does not know, so a psum over 8 devices proves all three are known.
   script = textwrap.dedent("""
