@@ -54,11 +54,11 @@ CIFAR_CNN_10K = ("saner-cifar10-cpu", [
     "model.name=small_cnn", "model.width=1.0", "data.train_examples=10000",
     "data.test_examples=2000", "data.augment=false", "epochs=20", "optimizer.learning_rate=0.05",
     "optimizer.rho=0.1", "saner.warmup_epochs=5"])
+# SANER's 25% and the asymmetric 40% on CIFAR-10 run at the larger setting only (cifar10-sym25-
+# cnn10k, cifar10-asym40-cnn10k): on 4,000 images the small ResNet peaks below 0.31, too low for
+# the papers' effects to be read (benchmarks/README.md says why the larger one).
 SETTINGS = {
-    "cifar10-sym25": (*CIFAR, ["noise.kind=symmetric", "noise.rate=0.25"]),
     "cifar10-sym50": (*CIFAR, ["noise.kind=symmetric", "noise.rate=0.5"]),
-    "cifar10-asym40": (*CIFAR, ["noise.kind=asymmetric", "noise.mapping=cifar10",
-                                "noise.rate=0.4"]),
     "fmnist-sym25": (*FMNIST, ["noise.kind=symmetric", "noise.rate=0.25"]),
     "fmnist-sym50": (*FMNIST, ["noise.kind=symmetric", "noise.rate=0.5"]),
     "fmnist-asym40": (*FMNIST, ["noise.kind=asymmetric", "noise.mapping=next_class",
