@@ -295,7 +295,8 @@ ceiling after SGD and after SAM alike (the lines above). `benchmarks/feature_bal
 runs the paper's protocol (10% held out for validation, a rho sweep selected on validation
 probes, three seeds, probes after every epoch); `benchmarks/README.md` reports that at CPU scale
 it is not reproduced either (on five-class FMNIST-MNIST SAM's hard-feature probe ends 1 point
-below SGD's), and a toy setting where it is (`benchmarks/feature_balance_toy.py`)."""),
+below SGD's; on CIFAR-MNIST neither optimizer learns the hard feature beyond what the untrained
+network's features give), and a toy setting where it is (`benchmarks/feature_balance_toy.py`)."""),
 ]
 
 BENIGN = [
