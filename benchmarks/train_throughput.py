@@ -32,6 +32,7 @@ import jax
 
 from samx import train
 from samx.data import pipeline
+from samx.train.in_flight import InFlight
 
 CPU_PRESETS = "quickstart,mnist-cpu,fashion-mnist-noise-cpu,saner-cifar10-cpu"
 
@@ -67,8 +68,10 @@ def time_rounds(configs: dict[str, train.Config], steps: int, rounds: int) -> di
       runner = runners[name]
       state = runner["state"]
       started = time.perf_counter()
+      in_flight = InFlight()  # as the training loop bounds it
       for _ in range(steps):
         state, metrics = runner["step"](state, next(runner["stream"]))
+        in_flight.add(metrics)
       jax.block_until_ready((state, metrics))
       runner["times"].append((time.perf_counter() - started) / steps)
       runner["state"] = state

@@ -345,7 +345,9 @@ BatchNorm, its statistics) are those of the global batch, and the same code runs
 eight GPUs or a TPU pod. On a
 CPU this notebook makes 8 virtual devices (importing JAX does not start its backends, so the
 flag still takes effect here, before the first computation), whose collectives wait patiently
-for device threads that a busy machine starves (`samx.train.virtual_cpu_devices_flags`)."""),
+for device threads that a busy machine starves (`samx.train.virtual_cpu_devices_flags`). The
+training loop keeps at most four steps in flight (`samx.train.InFlight`): on XLA's CPU backend a
+host that runs many steps ahead of several devices can hang their collectives."""),
     ("code", """import os
 
 from samx.train import virtual_cpu_devices_flags

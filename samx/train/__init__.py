@@ -8,6 +8,7 @@ One module per concern, each importing only those above it in this list:
 - ``config``: the typed :class:`Config`, ``key=value`` overrides, JSON, :func:`validate`.
 - ``training_data``, ``architectures``, ``optimizer``: the run's arrays, model and optax
   chain, built from the config.
+- ``in_flight``: :class:`InFlight`, how far the host runs ahead of the devices.
 - ``step``: the pure training step; ``evaluation``: the clean/noisy metrics.
 - ``trainer``: the mesh and the compiled functions; ``run_dir``, ``progress``, ``checkpoints``:
   what a run writes and shows; ``loop``: :func:`run`; ``compare``, ``presets``.
@@ -40,6 +41,7 @@ from samx.train.errors import (
     TrainingInterrupted,
 )
 from samx.train.host_devices import virtual_cpu_devices_flags
+from samx.train.in_flight import InFlight
 from samx.train.loop import RunResult, run
 from samx.train.methods import METHODS, GSAMConfig, Method, SANERConfig
 from samx.train.presets import PRESETS, preset
@@ -55,6 +57,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "GSAMConfig",
+    "InFlight",
     "Method",
     "ModelConfig",
     "NoiseConfig",

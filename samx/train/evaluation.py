@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from samx.data import pipeline
+from samx.train.in_flight import InFlight
 from samx.train.step import Batch, Normalization, TrainState, cross_entropy, prepare_inputs
 from samx.train.training_data import SPLIT_KEYS
 
@@ -78,12 +79,14 @@ class Evaluator:
   def sums(self, state: TrainState, name: str) -> dict[str, float]:
     """The sums of :func:`make_eval_sums` over the whole set ``name``."""
     arrays, batch = self._sets[name]
-    total = None
+    batch_sums, in_flight = [], InFlight()
     for inputs in pipeline.batches(arrays, batch, seed=0, epoch=0, shuffle=False,
                                    mesh=self._mesh, batch_axis=self._batch_axis):
-      sums = self._eval_sums(state, inputs)
-      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    return {k: float(v) for k, v in jax.device_get(total).items()}
+      batch_sums.append(self._eval_sums(state, inputs))
+      in_flight.add(batch_sums[-1])
+    batch_sums = jax.device_get(batch_sums)  # added on the host, in float64
+    return {k: float(np.sum([sums[k] for sums in batch_sums], dtype=np.float64))
+            for k in batch_sums[0]}
 
   def metrics(self, state: TrainState) -> dict[str, float | None]:
     """Test accuracy and loss; on the training set the accuracy against the given labels,

@@ -6,8 +6,11 @@ JAX does not start them; the first computation or ``jax.devices()`` does). Their
 (the all-reduce of a sharded batch's gradient, ``psum`` under ``pmap``) are a rendezvous of one
 thread per device, and XLA aborts the whole process when a thread has not arrived after
 ``--xla_cpu_collective_call_terminate_timeout_seconds`` (40 s by default). On a machine shared
-with other work, eight device threads on two cores can be starved that long, and a correct
-program dies. :func:`virtual_cpu_devices_flags` sets both flags, the timeout generously.
+with other work, eight device threads on two cores may be starved that long, and a correct
+program would die. :func:`virtual_cpu_devices_flags` sets both flags, the timeout generously.
+A collective that never completes is another matter: a host loop that dispatches many steps
+ahead of the devices can hang XLA's CPU client (see :mod:`samx.train.in_flight`), and a longer
+timeout only makes it hang longer; bound the loop with :class:`samx.train.InFlight`.
 
 Example:
   >>> import os

@@ -15,6 +15,7 @@ from samx.data import pipeline
 from samx.train import checkpoints
 from samx.train.config import Config
 from samx.train.errors import RunDirectoryError, TrainingDivergedError, TrainingInterrupted
+from samx.train.in_flight import InFlight
 from samx.train.progress import ProgressBar, epoch_line
 from samx.train.run_dir import (
     RunDirectory,
@@ -126,9 +127,11 @@ def _train_epoch(trainer: Trainer, step_fn, state: TrainState, arrays: dict[str,
   started = time.perf_counter()
   batches = pipeline.batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
                              mesh=trainer.mesh, batch_axis=BATCH_AXIS)
+  in_flight = InFlight()  # the host stays a few steps ahead (see samx.train.in_flight)
   for batch in pipeline.prefetch(batches, config.data.prefetch):
     state, metrics = step_fn(state, batch)
     step_metrics.append(metrics)
+    in_flight.add(metrics)
     bar.update(metrics)
     if len(step_metrics) % CHECK_EVERY == 0 and float(step_metrics[-LAG]["nonfinite"]) > 0:
       break
