@@ -32,7 +32,6 @@ import jax
 
 from samx import train
 from samx.data import pipeline
-from samx.train.in_flight import InFlight
 
 CPU_PRESETS = "quickstart,mnist-cpu,fashion-mnist-noise-cpu,saner-cifar10-cpu"
 
@@ -68,7 +67,7 @@ def time_rounds(configs: dict[str, train.Config], steps: int, rounds: int) -> di
       runner = runners[name]
       state = runner["state"]
       started = time.perf_counter()
-      in_flight = InFlight()  # as the training loop bounds it
+      in_flight = train.InFlight()  # as the training loop bounds it
       for _ in range(steps):
         state, metrics = runner["step"](state, next(runner["stream"]))
         in_flight.add(metrics)
