@@ -13,8 +13,18 @@ class RunDirectoryError(FileExistsError):
 class TrainingDivergedError(RuntimeError):
   """The loss or the parameters became NaN or infinite; the message names the step, the epoch,
   the last finite loss and what to try. The run directory keeps the metrics and the checkpoint
-  of the last good epoch."""
+  of the last good epoch, and its ``summary.json`` records where the run diverged.
+
+  Attributes:
+    step: the first step (counted from 1) whose loss or parameters were not finite.
+    epoch: the epoch (counted from 1) it was in.
+  """
+
+  def __init__(self, message: str, *, step: int | None = None, epoch: int | None = None):
+    super().__init__(message)
+    self.step, self.epoch = step, epoch
 
 
 class TrainingInterrupted(KeyboardInterrupt):
   """The run was interrupted (Ctrl-C); the message says where it stopped and how to resume."""
+

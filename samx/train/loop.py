@@ -12,8 +12,8 @@ import jax
 import numpy as np
 
 from samx.data import pipeline
-from samx.train import checkpoints
-from samx.train.config import Config
+from samx.train import checkpoints, run_lock
+from samx.train.config import Config, validate
 from samx.train.errors import RunDirectoryError, TrainingDivergedError, TrainingInterrupted
 from samx.train.in_flight import InFlight
 from samx.train.progress import ProgressBar, epoch_line
@@ -192,18 +192,28 @@ def run(
   """Trains ``config`` and returns its metrics; writes them into ``run_dir`` if given.
 
   ``run_dir`` receives ``config.json`` (the resolved configuration), ``metrics.jsonl`` (one
-  JSON object per evaluated epoch), ``summary.json`` at the end, ``checkpoints/`` (orbax) and,
-  with ``tensorboard=True``, ``tensorboard/``. With ``resume=True`` the run continues from
-  the latest checkpoint in ``run_dir`` with the configuration stored there (``config`` is then
-  ignored and may be ``None``), and ends with the same metrics as an uninterrupted run; a
-  finished run is returned as it is (``state`` ``None``), nothing rewritten. A directory that
-  already holds a run is never overwritten unless ``overwrite=True``, which deletes it and
-  trains again (with ``resume``, only a run that has no checkpoint to continue from).
+  JSON object per evaluated epoch), ``summary.json`` at the end, ``checkpoints/`` (orbax, with
+  checksums) and, with ``tensorboard=True``, ``tensorboard/``. With ``resume=True`` the run
+  continues from the newest intact checkpoint in ``run_dir`` with the configuration stored
+  there (``config`` is then ignored and may be ``None``), and ends with the same metrics as an
+  uninterrupted run; a finished run is returned as it is (``state`` ``None``), nothing
+  rewritten. A directory that already holds a run is never overwritten unless
+  ``overwrite=True``, which replaces it (with ``resume``, only a run that has no checkpoint to
+  continue from), and only once the new run is ready to start: the configuration checked, the
+  data loaded and the step compiled. Nothing is written before that point, so a bad value, a
+  missing data file or Ctrl-C during start-up leaves the directory as it was.
 
-  Raises :class:`samx.train.errors.RunDirectoryError` for a directory it must not touch,
-  :class:`TrainingDivergedError` when the loss or the parameters stop being finite (the directory
-  keeps the metrics and the checkpoint of the last good epoch) and
-  :class:`TrainingInterrupted` on Ctrl-C (saying how to resume).
+  The process that writes ``run_dir`` holds its lock (:mod:`samx.train.run_lock`) from start
+  to end; a second writer is refused at once. Every file is written atomically
+  (:mod:`samx.train.files`), so a kill at any moment loses at most the epoch in progress.
+
+  Raises :class:`samx.train.errors.RunDirectoryError` for a directory it must not touch or
+  that another process writes, :class:`samx.train.files.RunFileError` (an ``OSError``) naming
+  a file that cannot be written (a full disk) or read as samx wrote it,
+  :class:`TrainingDivergedError` when the loss or the parameters stop being finite (the
+  directory keeps the metrics and the checkpoint of the last good epoch, and its
+  ``summary.json`` records where the run diverged) and :class:`TrainingInterrupted` on Ctrl-C
+  (saying how to resume).
   ``progress=True`` shows a live bar where stderr is a terminal; one line per epoch goes to
   ``log`` in any case.
 
@@ -221,38 +231,67 @@ def run(
   linear-probe accuracies of the features over training. Its time is not training time.
   """
   say = log if log is not None and is_writer() else (lambda _: None)
-  directory = None if run_dir is None else RunDirectory(run_dir, tensorboard=tensorboard)
-  if resume and directory is None:
-    raise ValueError("resume=True needs the run_dir of the run to continue.")
-  status = RunStatus("new", None, None) if directory is None else inspect_run(directory.path)
-  if resume:  # what the directory holds is checked before any data is loaded
-    if status.kind == "new":
-      load_run_config(directory.path)  # raises: not a run directory
-    if status.kind == "finished":
-      say(f"{directory.path} is finished (summary.json); nothing to resume.")
-      return finished_run(directory.path)
-    if status.kind == "unfinished" and not overwrite:
-      raise RunDirectoryError(
-          f"{directory.path} holds an unfinished run with no checkpoint to continue from "
-          f"(checkpoint_every={status.config.checkpoint_every}); start it again from epoch 0 "
-          f"with --overwrite, or choose another run directory.")
-    config = status.config
-  elif status.kind != "new" and not overwrite:
-    refuse_to_overwrite(directory.path, status)
-  if directory is not None and overwrite and (not resume or status.kind == "unfinished"):
-    remove_run(directory.path)
-    status = RunStatus("new", None, None)
-  trainer = make_trainer(config, data)
-  state = trainer.init()
-  start_epoch, history, manager = 0, [], None
+  if run_dir is None:
+    if resume:
+      raise ValueError("resume=True needs the run_dir of the run to continue.")
+    return _run(config, None, RunStatus("new", None, None), False, progress, say, data,
+                epoch_metrics)
+  if not resume:
+    validate(config)  # a bad value is refused before the directory is touched
+  directory = RunDirectory(run_dir, tensorboard=tensorboard)
+  if resume and not directory.path.is_dir():
+    load_run_config(directory.path)  # raises: not a run directory (or a file)
+  with run_lock.locked(directory.path, enabled=is_writer()):
+    status = inspect_run(directory.path)
+    for done in directory.tidy():
+      say(f"{directory.path}: {done}")
+    if resume:  # what the directory holds is checked before any data is loaded
+      if status.kind == "new":
+        load_run_config(directory.path)  # raises: not a run directory
+      if status.kind == "finished":
+        say(f"{directory.path} is finished (summary.json); nothing to resume.")
+        return finished_run(directory.path)
+      if status.kind == "diverged":
+        raise TrainingDivergedError(diverged_message(directory.path))
+      if status.kind == "unfinished" and not overwrite:
+        raise RunDirectoryError(
+            f"{directory.path} holds an unfinished run with no checkpoint to continue from "
+            f"(checkpoint_every={status.config.checkpoint_every}); start it again from the "
+            f"first epoch with --overwrite, or choose another run directory.")
+      config = status.config
+    elif status.kind != "new" and not overwrite:
+      refuse_to_overwrite(directory.path, status)
+    replace = overwrite and status.kind != "new" and (not resume or status.kind == "unfinished")
+    return _run(config, directory, status, replace, progress, say, data, epoch_metrics)
+
+
+def diverged_message(run_dir: pathlib.Path) -> str:
+  """What the ``summary.json`` of a diverged run says, and the ways on."""
+  summary = read_summary(run_dir)
+  return (f"{run_dir} diverged at step {summary.get('diverged_at_step')} (epoch "
+          f"{summary.get('diverged_in_epoch')}); resuming it would diverge again. Train it again "
+          f"with other settings in another directory, or replace it with --overwrite.")
+
+
+def _run(config: Config, directory: RunDirectory | None, status: RunStatus, replace: bool,
+         progress: bool, say: Callable[[str], None], data: TrainingData | None,
+         epoch_metrics: EpochMetrics | None) -> RunResult:
+  """Builds the run, then (only then) changes the directory, and trains."""
+  try:
+    trainer = make_trainer(config, data)
+    state = trainer.init()
+  except KeyboardInterrupt:
+    raise TrainingInterrupted("interrupted while starting; nothing was written.") from None
+  start_epoch, history, store = 0, [], None
   if directory is not None:
-    directory.start(config)
-    if config.checkpoint_every:
-      manager = checkpoints.manager(directory.path, keep=config.keep_checkpoints)
-    if status.kind == "resumable":
-      state = checkpoints.restore(manager, status.latest_checkpoint, state)
-      start_epoch = status.latest_checkpoint
-      history = directory.continue_after(start_epoch)
+    if replace:
+      remove_run(directory.path)
+      status = RunStatus("new", None, None)
+    if status.kind == "resumable" and config.checkpoint_every:
+      store = checkpoints.Checkpoints(directory.path, keep=config.keep_checkpoints,
+                                      writer=is_writer())
+      start_epoch, state = store.restore_latest(state, say)
+      history = directory.continue_after(start_epoch, warn=say)
       say(f"resuming {directory.path} after epoch {start_epoch}")
 
   data = trainer.data
@@ -260,44 +299,67 @@ def run(
       f"labels), {len(data.test['label'])} test; {config.model.name} with "
       f"{parameter_count(state):,} parameters; {method_label(config)}; {trainer.mesh.size} "
       f"device(s), {jax.process_count()} process(es)")
-  evaluator = trainer.evaluator()
   step_arrays = {"input": data.train["input"], "label": data.train["label"]}
+  try:
+    evaluator = trainer.evaluator()
+    first = next(pipeline.batches(step_arrays, config.batch_size, seed=config.seed, epoch=0,
+                                  mesh=trainer.mesh, batch_axis=BATCH_AXIS))
+    started = time.perf_counter()
+    step_fn = trainer.train_step.lower(state, first).compile()
+    compile_seconds = time.perf_counter() - started
+  except KeyboardInterrupt:
+    if store is not None:
+      store.close()
+    where = ("nothing was written" if directory is None or status.kind == "new" else
+             f"{directory.path} is as it was; continue it with samx train --resume "
+             f"{directory.path}")
+    raise TrainingInterrupted(f"interrupted while starting; {where}.") from None
+  if directory is not None:
+    if status.kind == "new":
+      directory.start(config)  # from here on the directory holds a run
+    if store is None and config.checkpoint_every:
+      store = checkpoints.Checkpoints(directory.path, keep=config.keep_checkpoints,
+                                      writer=is_writer())
   bar = ProgressBar(config.epochs, trainer.steps_per_epoch, enabled=progress and is_writer())
-
-  first = next(pipeline.batches(step_arrays, config.batch_size, seed=config.seed, epoch=0,
-                                mesh=trainer.mesh, batch_axis=BATCH_AXIS))
-  started = time.perf_counter()
-  step_fn = trainer.train_step.lower(state, first).compile()
-  compile_seconds = time.perf_counter() - started
   best = BestEpoch(history)
   train_seconds = sum(r.get("epoch_seconds", 0.0) for r in history)
 
+  epoch = start_epoch
   try:
     for epoch in range(start_epoch, config.epochs):
       state, train_seconds = _epoch(trainer, step_fn, state, step_arrays, epoch, bar, evaluator,
-                                    best, history, directory, manager, train_seconds, say,
+                                    best, history, directory, store, train_seconds, say,
                                     epoch_metrics)
   except KeyboardInterrupt as interrupt:
     bar.end_epoch()
-    latest = _close(manager)
+    latest = _close(store)
     if directory is not None:
       directory.close()
     where = "" if directory is None else (
         f"; continue it with: samx train --resume {directory.path}" if latest else
         f"; {directory.path} has no checkpoint to continue from")
-    raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} of {config.epochs}; the latest "
-                              f"checkpoint is {'epoch ' + str(latest) if latest else 'none'}"
+    saved = (f"the latest checkpoint is that of epoch {latest}" if latest else
+             "no checkpoint was saved")
+    raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} of {config.epochs}; {saved}"
                               f"{where}.") from interrupt
   except TrainingDivergedError as diverged:
-    latest = _close(manager)
+    latest = _close(store)
     message = str(diverged)
     if directory is not None:
-      directory.close()
+      summary = _summary(trainer, state, history, best, train_seconds, compile_seconds)
+      summary.update(status="diverged", diverged_at_step=diverged.step,
+                     diverged_in_epoch=diverged.epoch, error=message)
+      directory.finish(summary)
       message += (f" {directory.path} keeps the metrics of epochs 1-{len(history)}"
                   if history else f" {directory.path} keeps no epoch")
       message += (f" and the checkpoint of epoch {latest}." if latest else " and no checkpoint.")
-    raise TrainingDivergedError(message) from None
-  _close(manager)
+    raise TrainingDivergedError(message, step=diverged.step, epoch=diverged.epoch) from None
+  except BaseException:
+    _close(store, wait=False)
+    if directory is not None:
+      directory.close()
+    raise
+  _close(store)
 
   summary = _summary(trainer, state, history, best, train_seconds, compile_seconds)
   if directory is not None:
@@ -316,19 +378,23 @@ def _checked_extra_metrics(extra: Mapping[str, Any] | None, record: dict[str, An
   return {str(name): float(value) for name, value in extra.items()}
 
 
-def _close(manager) -> int | None:
-  """Waits for the checkpoint manager's saves, closes it, and returns its latest epoch."""
-  if manager is None:
+def _close(store: checkpoints.Checkpoints | None, *, wait: bool = True) -> int | None:
+  """Waits for the checkpoint saves, closes the store, and returns its latest epoch (without
+  ``wait``, after an error: a failed save is not reported again)."""
+  if store is None:
     return None
-  manager.wait_until_finished()
-  latest = manager.latest_step()
-  manager.close()
-  return latest
+  if not wait:
+    try:
+      return store.close()
+    except OSError:
+      return checkpoints.latest_epoch(store.run_dir)
+  return store.close()
 
 
 def _epoch(trainer: Trainer, step_fn, state: TrainState, step_arrays: dict[str, np.ndarray],
            epoch: int, bar: ProgressBar, evaluator, best: BestEpoch,
-           history: list[dict[str, Any]], directory: RunDirectory | None, manager,
+           history: list[dict[str, Any]], directory: RunDirectory | None,
+           store: checkpoints.Checkpoints | None,
            train_seconds: float, say: Callable[[str], None],
            epoch_metrics: EpochMetrics | None = None) -> tuple[TrainState, float]:
   """Trains and records one epoch; raises :class:`TrainingDivergedError` (recording nothing of the
@@ -339,7 +405,8 @@ def _epoch(trainer: Trainer, step_fn, state: TrainState, step_arrays: dict[str, 
       trainer, step_fn, state, step_arrays, epoch, bar)
   bar.end_epoch()
   if divergence is not None:
-    raise TrainingDivergedError(_divergence_message(config, divergence, epoch + 1))
+    raise TrainingDivergedError(_divergence_message(config, divergence, epoch + 1),
+                                step=divergence.step, epoch=epoch + 1)
   train_seconds += epoch_seconds
   steps = (epoch + 1) * trainer.steps_per_epoch
   record: dict[str, Any] = {"epoch": epoch + 1, "step": steps,
@@ -357,9 +424,10 @@ def _epoch(trainer: Trainer, step_fn, state: TrainState, step_arrays: dict[str, 
   history.append(record)
   if directory is not None:
     directory.append(record)
-  if manager is not None and ((epoch + 1) % config.checkpoint_every == 0
-                              or epoch + 1 == config.epochs):
-    checkpoints.save(manager, epoch + 1, state)
+  if store is not None:
+    store.check()  # a background save that failed stops the run here
+    if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+      store.save(epoch + 1, state)
   say(epoch_line(record, config.epochs))
   return state, train_seconds
 

@@ -4,9 +4,13 @@ Only process 0 of a multi-host run writes; every process reads. Layout::
 
     RUN_DIR/config.json      the resolved configuration (what --resume reads back)
     RUN_DIR/metrics.jsonl    one JSON object per epoch
-    RUN_DIR/summary.json     written at the end
-    RUN_DIR/checkpoints/     orbax checkpoints (samx.train.checkpoints)
+    RUN_DIR/summary.json     written at the end (``status``: ``finished`` or ``diverged``)
+    RUN_DIR/checkpoints/     orbax checkpoints with checksums (samx.train.checkpoints)
     RUN_DIR/tensorboard/     with tensorboard=True
+    RUN_DIR/.samx-lock       held by the process that writes the run (samx.train.run_lock)
+
+Every file is written atomically or appended a whole line at a time (samx.train.files), so a
+kill or a full disk at any moment leaves each file either as it was or complete.
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ import json
 import math
 import pathlib
 import shutil
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 
-from samx.train import checkpoints
+from samx.train import checkpoints, run_lock
 from samx.train.config import Config, from_dict, to_dict
-from samx.train.errors import RunDirectoryError
+from samx.train.errors import ConfigError, RunDirectoryError
+from samx.train.files import (
+    append_line,
+    read_json,
+    read_json_lines,
+    remove_temporaries,
+    write_atomic,
+)
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -55,8 +67,9 @@ class RunStatus(NamedTuple):
   """What a run directory holds.
 
   Attributes:
-    kind: ``new`` (no run), ``finished`` (``summary.json`` written), ``resumable`` (unfinished,
-      with a checkpoint) or ``unfinished`` (no checkpoint to continue from).
+    kind: ``new`` (no run), ``finished`` (``summary.json`` written), ``diverged`` (stopped
+      because it diverged; ``summary.json`` says where), ``resumable`` (unfinished, with a
+      checkpoint) or ``unfinished`` (no checkpoint to continue from).
     config: the stored configuration (``None`` for ``new``).
     latest_checkpoint: the epoch of the latest checkpoint, if any.
   """
@@ -66,21 +79,34 @@ class RunStatus(NamedTuple):
   latest_checkpoint: int | None
 
 
+def _check_is_directory(path: pathlib.Path) -> None:
+  if path.exists() and not path.is_dir():
+    raise RunDirectoryError(f"{path} is a file, not a run directory; choose another path.")
+
+
 def inspect_run(run_dir: str | pathlib.Path) -> RunStatus:
-  """Reads what ``run_dir`` holds, without changing it."""
+  """Reads what ``run_dir`` holds, without changing it.
+
+  Raises :class:`RunDirectoryError` if ``run_dir`` is a file, and :class:`RunFileError` naming
+  the file if ``config.json`` or ``summary.json`` cannot be read as samx wrote it.
+  """
   path = pathlib.Path(run_dir)
+  _check_is_directory(path)
   if not (path / CONFIG_FILE).exists() and not (path / METRICS_FILE).exists():
     return RunStatus("new", None, None)
   config = load_run_config(path)
-  if (path / SUMMARY_FILE).exists():
-    return RunStatus("finished", config, checkpoints.latest_epoch(path))
   latest = checkpoints.latest_epoch(path)
+  if (path / SUMMARY_FILE).exists():
+    summary = read_summary(path)
+    return RunStatus("diverged" if summary.get("status") == "diverged" else "finished", config,
+                     latest)
   return RunStatus("resumable" if latest else "unfinished", config, latest)
 
 
 def refuse_to_overwrite(run_dir: pathlib.Path, status: RunStatus) -> None:
   """Raises a :class:`RunDirectoryError` saying what ``run_dir`` holds and the ways on."""
   held = {"finished": "a finished run",
+          "diverged": "a run that diverged",
           "resumable": f"an unfinished run (checkpoint of epoch {status.latest_checkpoint}; "
                        f"continue it with samx train --resume {run_dir})",
           "unfinished": "an unfinished run with no checkpoint to continue from"}[status.kind]
@@ -89,30 +115,47 @@ def refuse_to_overwrite(run_dir: pathlib.Path, status: RunStatus) -> None:
 
 
 def remove_run(run_dir: pathlib.Path) -> None:
-  """Deletes a run directory (process 0), on an explicit request to overwrite it."""
-  if is_writer() and run_dir.exists():
-    shutil.rmtree(run_dir)
+  """Deletes what a run directory holds (process 0), on an explicit request to overwrite it; the
+  directory and its lock stay, held by this process."""
+  if not is_writer() or not run_dir.exists():
+    return
+  for path in run_dir.iterdir():
+    if path.name == run_lock.LOCK_FILE:
+      continue
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path)
+    else:
+      path.unlink()
 
 
-def read_history(run_dir: str | pathlib.Path) -> list[dict[str, Any]]:
-  """The per-epoch records of ``run_dir/metrics.jsonl``."""
-  path = pathlib.Path(run_dir) / METRICS_FILE
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_history(run_dir: str | pathlib.Path,
+                 warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+  """The per-epoch records of ``run_dir/metrics.jsonl`` (a last line cut short by a full disk
+  or a kill is dropped, with a warning through ``warn``)."""
+  return read_json_lines(pathlib.Path(run_dir) / METRICS_FILE, warn=warn)
 
 
 def read_summary(run_dir: str | pathlib.Path) -> dict[str, Any]:
-  """The ``summary.json`` of a finished run."""
-  return json.loads((pathlib.Path(run_dir) / SUMMARY_FILE).read_text())
+  """The ``summary.json`` of a finished (or diverged) run."""
+  return read_json(pathlib.Path(run_dir) / SUMMARY_FILE, what="the summary of the ended run",
+                   advice=f"delete it, and continue the run with samx train --resume {run_dir} "
+                          f"to write it again from the last checkpoint")
 
 
 def load_run_config(run_dir: str | pathlib.Path) -> Config:
   """The resolved configuration a run directory was started with."""
-  path = pathlib.Path(run_dir) / CONFIG_FILE
+  run_dir = pathlib.Path(run_dir)
+  _check_is_directory(run_dir)
+  path = run_dir / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a samx run directory.")
-  return from_dict(json.loads(path.read_text()))
+  advice = ("the run cannot be continued without it: put back the config.json it was started "
+            "with, or start it again with --overwrite")
+  values = read_json(path, what="the run's configuration (a JSON object)", advice=advice)
+  try:
+    return from_dict(values)
+  except ConfigError as error:
+    raise ConfigError(f"{path}: {error} ({advice}).") from None
 
 
 class TensorBoardWriter:
@@ -140,7 +183,11 @@ class TensorBoardWriter:
 
 
 class RunDirectory:
-  """Where a run keeps its record: starts it, continues it, appends epochs, ends it."""
+  """Where a run keeps its record: starts it, continues it, appends epochs, ends it.
+
+  Every write is atomic or a whole-line append (:mod:`samx.train.files`); only process 0
+  writes.
+  """
 
   def __init__(self, path: str | pathlib.Path, *, tensorboard: bool = False):
     if tensorboard and importlib.util.find_spec("tensorboardX") is None:
@@ -150,29 +197,43 @@ class RunDirectory:
     self._tensorboard = tensorboard
     self._writer: TensorBoardWriter | None = None
 
+  def tidy(self) -> list[str]:
+    """Removes what interrupted writes left (temporary files and checkpoint directories);
+    returns what it did. The caller holds the directory's lock."""
+    if not is_writer():
+      return []
+    removed = [f"removed {p.name}, left by a write that did not finish"
+               for p in remove_temporaries(self.path)]
+    return removed + checkpoints.tidy(self.path)
+
   def start(self, config: Config) -> None:
-    """Writes ``config.json`` (the caller has checked what the directory holds)."""
+    """Writes ``config.json``, which makes the directory a run (the caller has checked what
+    the directory holds)."""
     if is_writer():
       self.path.mkdir(parents=True, exist_ok=True)
-      (self.path / CONFIG_FILE).write_text(strict_json(to_dict(config), indent=2) + "\n")
-      if self._tensorboard:
-        self._writer = TensorBoardWriter(self.path / TENSORBOARD_DIR)
+      write_atomic(self.path / CONFIG_FILE, strict_json(to_dict(config), indent=2) + "\n")
+    self.open_tensorboard()
 
-  def continue_after(self, epoch: int) -> list[dict[str, Any]]:
+  def open_tensorboard(self) -> None:
+    if is_writer() and self._tensorboard and self._writer is None:
+      self._writer = TensorBoardWriter(self.path / TENSORBOARD_DIR)
+
+  def continue_after(self, epoch: int, warn: Callable[[str], None] | None = None
+                     ) -> list[dict[str, Any]]:
     """The records of epochs up to ``epoch`` (the checkpoint a resumed run starts from); the
-    metrics file is cut back to them, dropping epochs logged after that checkpoint."""
-    path = self.path / METRICS_FILE
-    history = [record for record in read_history(self.path) if record["epoch"] <= epoch]
+    metrics file is cut back to them (atomically), dropping epochs logged after that
+    checkpoint and a last line that a full disk or a kill cut short."""
+    history = [record for record in read_history(self.path, warn) if record["epoch"] <= epoch]
     if is_writer():
-      path.write_text("".join(strict_json(r) + "\n" for r in history))
+      write_atomic(self.path / METRICS_FILE, "".join(strict_json(r) + "\n" for r in history))
+    self.open_tensorboard()
     return history
 
   def append(self, record: dict[str, Any]) -> None:
     """Logs one epoch's record (metrics file and, if on, TensorBoard)."""
     if not is_writer():
       return
-    with open(self.path / METRICS_FILE, "a") as f:
-      f.write(strict_json(record) + "\n")
+    append_line(self.path / METRICS_FILE, strict_json(record))
     if self._writer is not None:
       self._writer.write(record)
 
@@ -183,7 +244,8 @@ class RunDirectory:
       self._writer = None
 
   def finish(self, summary: dict[str, Any]) -> None:
-    """Writes ``summary.json``, which marks the run finished, and closes the writer."""
+    """Writes ``summary.json``, which marks the run ended (finished or diverged), and closes
+    the writer."""
     self.close()
     if is_writer():
-      (self.path / SUMMARY_FILE).write_text(strict_json(summary, indent=2) + "\n")
+      write_atomic(self.path / SUMMARY_FILE, strict_json(summary, indent=2) + "\n")

@@ -59,7 +59,10 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, monkey
   assert "keeps the metrics of epochs 1-1 and the checkpoint of epoch 1" in message
   lines = (run_dir / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["epoch"] for line in lines] == [1]
-  assert not (run_dir / "summary.json").exists()
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["status"] == "diverged"
+  assert (summary["diverged_at_step"], summary["diverged_in_epoch"]) == (13, 2)
+  assert error.value.step == 13 and error.value.epoch == 2
   assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
 
 
@@ -121,7 +124,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, monkeypat
                    "epochs=2"])
   assert code == 130
   err = capsys.readouterr().err
-  assert "interrupted in epoch 2 of 2" in err and "checkpoint is epoch 1" in err
+  assert "interrupted in epoch 2 of 2" in err and "the latest checkpoint is that of epoch 1" in err
   assert f"samx train --resume {run_dir}" in err
   monkeypatch.undo()
   assert cli.main(["train", "--no-progress", "--resume", str(run_dir)]) == 0
