@@ -5,6 +5,12 @@
     samx train --resume runs/saner-cifar10-cpu/sam   # continue a killed run exactly
     samx compare --preset fashion-mnist-noise-cpu --optimizers sgd,sam,saner,jsam,lsam
 
+Exit status: 0 done (or nothing to do); 1 a file could not be written or read (a full disk, a
+read-only directory: the message names it, and the run is resumable once it is fixed); 2 a
+request refused before anything was written (a bad value, a run directory it must not touch
+or that another process writes); 3 the run diverged (``samx compare``: one entry or more,
+after writing the table); 130 interrupted (Ctrl-C), saying how to continue.
+
 Multi-host (one process per host): ``--coordinator-address HOST:PORT --num-processes N
 --process-id I`` (or the environment variables ``SAMX_COORDINATOR_ADDRESS``,
 ``SAMX_NUM_PROCESSES``, ``SAMX_PROCESS_ID``), or ``--distributed`` where JAX detects the
@@ -64,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
   compare.add_argument("--overwrite", action="store_true",
                        help="replace runs in --out whose configuration differs (finished runs "
                        "with the same configuration are reused either way)")
+  compare.add_argument("--retry-diverged", action="store_true",
+                       help="train again, from the start, the entries that diverged in an "
+                       "earlier run of this comparison (by default they are reported as "
+                       "diverged)")
   commands.add_parser("presets", help="list the presets")
   commands.add_parser("methods", help="list the methods (optimizer.name) and their sections")
   return parser
@@ -126,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizers = [spec for spec in args.optimizers.split(",") if spec.strip()]
     out = args.out or pathlib.Path("runs") / f"compare-{args.preset}"
     train.compare(config, optimizers, out, overwrite=args.overwrite,
-                  progress=not args.no_progress)
+                  retry_diverged=args.retry_diverged, progress=not args.no_progress)
     return 0
   except (ConfigError, FileExistsError, FileNotFoundError, ImportError) as error:
     print(f"samx: error: {error}", file=sys.stderr)
@@ -137,6 +147,21 @@ def main(argv: list[str] | None = None) -> int:
   except TrainingInterrupted as error:
     print(f"\nsamx: {error}", file=sys.stderr)
     return 130
+  except KeyboardInterrupt:
+    print("\nsamx: interrupted.", file=sys.stderr)
+    return 130
+  except OSError as error:  # a file that cannot be written or read: a full disk, permissions
+    print(f"samx: error: {_describe_os_error(error)}", file=sys.stderr)
+    return 1
+
+
+def _describe_os_error(error: OSError) -> str:
+  """``error`` in a sentence that names its file (samx's own errors already do)."""
+  from samx.train.files import RunFileError
+
+  if isinstance(error, RunFileError) or not error.filename:
+    return str(error)
+  return f"could not write {error.filename}: {error.strerror or error}."
 
 
 if __name__ == "__main__":

@@ -156,9 +156,37 @@ def _read_archive(source: pathlib.Path, wanted: Callable[[str], bool],
   return Tree(source, tuple(sorted(set(paths))), contents)
 
 
+def walk_files(source: pathlib.Path) -> list[pathlib.Path]:
+  """Every regular file below the folder ``source``, following symbolic links to folders and
+  files (a class folder may be a link), sorted.
+
+  Raises:
+    ValueError: naming the link, if a link leads back to a folder that contains it (a loop).
+  """
+  found = []
+
+  def visit(folder: pathlib.Path, ancestors: frozenset) -> None:
+    try:
+      entries = sorted(folder.iterdir())
+    except OSError as error:
+      raise corrupt(folder, f"unreadable folder ({error})") from error
+    for path in entries:
+      if path.is_dir():  # follows a link
+        identity = (path.stat().st_dev, path.stat().st_ino)
+        if identity in ancestors:
+          raise ValueError(f"{path} is a symbolic link to a folder that contains it (a loop); "
+                           f"remove it or point it elsewhere.")
+        visit(path, ancestors | {identity})
+      elif path.is_file():
+        found.append(path)
+
+  root = source.stat()
+  visit(source, frozenset({(root.st_dev, root.st_ino)}))
+  return found
+
+
 def _read_folder(source: pathlib.Path, wanted: Callable[[str], bool]) -> Tree:
-  files = {path.relative_to(source).as_posix(): path for path in source.rglob("*")
-           if path.is_file()}
+  files = {path.relative_to(source).as_posix(): path for path in walk_files(source)}
   contents = {}
   for relative, path in files.items():
     if wanted(relative):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from samx.data._checks import corrupt, describe
-from samx.data._file_tree import read_tree
+from samx.data._file_tree import read_tree, walk_files
 from samx.data._progress import Progress
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -50,7 +50,7 @@ def _decode(data: bytes, where: str) -> np.ndarray:
 def _source_key(source: pathlib.Path) -> str:
   """What a cache entry is tied to: the source's path, and size, modification time and inode of
   the archive or of every file in the folder (a changed or replaced source changes the key)."""
-  files = sorted(source.rglob("*")) if source.is_dir() else [source]
+  files = walk_files(source) if source.is_dir() else [source]
   lines = [str(source.resolve())]
   for path in files:
     if path.is_file():
@@ -179,6 +179,10 @@ def read_image_folder(source: pathlib.Path, split: str, cache_dir: pathlib.Path 
     raise ValueError(f"{source}: images of split {split!r} differ in shape: {sorted(shapes)}.")
   class_of = [_split_and_class(path)[1] for path in paths]
   class_names = tuple(sorted(set(class_of)))
+  if len(class_names) < 2:
+    raise ValueError(f"{source}: the {split!r} split has images of one class only "
+                     f"({class_names[0]!r}); a classification dataset needs at least two class "
+                     f"folders under '{split}/' (a class folder may be a symbolic link).")
   index = {name: i for i, name in enumerate(class_names)}
   stacked = np.stack(images).astype(np.uint8)
   labels = np.array([index[name] for name in class_of], np.int32)

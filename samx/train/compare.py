@@ -3,16 +3,27 @@ accuracy and noisy-label memorization against epochs)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from samx.train import run_lock
 from samx.train.config import Config, override, to_dict, validate
-from samx.train.errors import ConfigError, RunDirectoryError
+from samx.train.errors import ConfigError, RunDirectoryError, TrainingDivergedError
+from samx.train.files import remove_temporaries, write_atomic
 from samx.train.loop import RunResult, finished_run, run
 from samx.train.methods import METHODS
-from samx.train.run_dir import inspect_run, strict_json
+from samx.train.run_dir import (
+    inspect_run,
+    is_writer,
+    load_run_config,
+    read_history,
+    read_summary,
+    strict_json,
+)
 
 TABLE_COLUMNS = (
     ("optimizer", "{}"), ("best test acc", "{:.3f}"), ("at epoch", "{}"),
@@ -58,10 +69,17 @@ def parse_optimizer_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def _row(label: str, summary: dict[str, Any]) -> list[str]:
-  values = [label, summary["best_test_accuracy"], summary["best_epoch"],
-            summary["final_test_accuracy"], summary["final_noisy_memorization"],
-            summary["final_noisy_true_label_accuracy"], summary["final_train_clean_accuracy"],
-            summary["images_per_second"], summary["train_seconds"]]
+  """One row of the table; a diverged run's final columns read ``diverged@STEP``."""
+  diverged = summary.get("status") == "diverged"
+  if diverged:
+    label = f"{label} (diverged at step {summary.get('diverged_at_step')})"
+  values = [label, summary.get("best_test_accuracy"), summary.get("best_epoch"),
+            summary.get("final_test_accuracy"), summary.get("final_noisy_memorization"),
+            summary.get("final_noisy_true_label_accuracy"),
+            summary.get("final_train_clean_accuracy"), summary.get("images_per_second"),
+            summary.get("train_seconds")]
+  if diverged:  # the final values are those of a diverged network: not shown
+    values[3:7] = [None] * 4
   return ["-" if v is None else fmt.format(v) for v, (_, fmt) in zip(values, TABLE_COLUMNS,
                                                                       strict=True)]
 
@@ -107,7 +125,9 @@ def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | path
     figure.suptitle(title, fontsize=10)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(path, dpi=120)
+  image = io.BytesIO()
+  figure.savefig(image, dpi=120, format=path.suffix.lstrip(".") or "png")
+  write_atomic(path, image.getvalue())
   return path
 
 
@@ -127,14 +147,14 @@ def _differences(stored: Config, wanted: Config) -> list[str]:
   return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in b if a.get(key) != b.get(key)]
 
 
-def _plan(configs: dict[str, Config], out_dir: pathlib.Path, overwrite: bool
-          ) -> dict[str, str]:
+def _plan(configs: dict[str, Config], out_dir: pathlib.Path, overwrite: bool,
+          retry_diverged: bool) -> dict[str, str]:
   """What to do with each entry's run directory: ``train``, ``reuse`` (finished with the same
-  configuration), ``resume`` (unfinished, with a checkpoint), ``retrain`` (unfinished, no
-  checkpoint; the same configuration) or ``overwrite`` (another configuration, replaced on
-  request). Raises :class:`RunDirectoryError`,
-  before anything trains, naming every directory that holds a run with another
-  configuration."""
+  configuration), ``diverged`` (ended by divergence with the same configuration: reported, not
+  trained again), ``resume`` (unfinished, with a checkpoint), ``retrain`` (unfinished with no
+  checkpoint, or diverged and ``retry_diverged``; the same configuration) or ``overwrite``
+  (another configuration, replaced on request). Raises :class:`RunDirectoryError`, before
+  anything trains, naming every directory that holds a run with another configuration."""
   plan, conflicts = {}, []
   for label, config in configs.items():
     status = inspect_run(out_dir / run_dir_name(label))
@@ -146,6 +166,8 @@ def _plan(configs: dict[str, Config], out_dir: pathlib.Path, overwrite: bool
       changed = _differences(status.config, config)
       conflicts.append(f"{out_dir / run_dir_name(label)} ({'; '.join(changed[:3])}"
                        f"{'; ...' if len(changed) > 3 else ''})")
+    elif status.kind == "diverged":
+      plan[label] = "retrain" if retry_diverged else "diverged"
     else:
       plan[label] = {"finished": "reuse", "resumable": "resume",
                      "unfinished": "retrain"}[status.kind]
@@ -168,6 +190,7 @@ def compare(
     out_dir: str | pathlib.Path | None = None,
     *,
     overwrite: bool = False,
+    retry_diverged: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, RunResult]:
@@ -184,7 +207,14 @@ def compare(
   when they have none), trains what is missing, and rewrites the table and the plot. Every
   entry and every run directory is checked before anything trains: a directory that holds a
   run with another configuration stops the comparison, unless ``overwrite=True``, which
-  replaces those runs.
+  replaces those runs. The process holds the lock of ``out_dir`` and of every run directory
+  in it until it ends, so a second comparison or a ``samx train`` into them is refused.
+
+  An entry that diverges does not stop the others: its row in the table is marked with the
+  step where it diverged, and once every entry has run (and the table and plot are written)
+  :class:`TrainingDivergedError` names the diverged entries. Running the comparison again
+  reports a diverged entry as it is, unless ``retry_diverged=True``, which trains it again
+  from the start.
   """
   specs = [parse_optimizer_spec(spec) for spec in optimizers]
   if not specs:
@@ -195,11 +225,34 @@ def compare(
   configs = {label: override(config, assignments) for label, assignments in specs}
   for checked in configs.values():  # every entry is checked before any training starts
     validate(checked)
-  out_dir = None if out_dir is None else pathlib.Path(out_dir)
-  plan = ({label: "train" for label in configs} if out_dir is None else
-          _plan(configs, out_dir, overwrite))
   say = log if log is not None else (lambda _: None)
-  results = {}
+  if out_dir is None:
+    return _compare(config, configs, None, {label: "train" for label in configs}, progress, log)
+  out_dir = pathlib.Path(out_dir)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise RunDirectoryError(f"--out {out_dir} is a file; a comparison writes a directory: "
+                            f"choose another path.")
+  writer = is_writer()
+  with contextlib.ExitStack() as locks:
+    locks.enter_context(run_lock.locked(out_dir, enabled=writer))
+    for label in configs:
+      locks.enter_context(run_lock.locked(out_dir / run_dir_name(label), enabled=writer))
+    plan = _plan(configs, out_dir, overwrite, retry_diverged)
+    for done in remove_temporaries(out_dir) if writer else []:
+      say(f"{out_dir}: removed {done.name}, left by a write that did not finish")
+    return _compare(config, configs, out_dir, plan, progress, log)
+
+
+def _diverged_result(run_dir: pathlib.Path) -> RunResult:
+  return RunResult(read_history(run_dir), read_summary(run_dir), None, load_run_config(run_dir),
+                   run_dir)
+
+
+def _compare(config: Config, configs: dict[str, Config], out_dir: pathlib.Path | None,
+             plan: dict[str, str], progress: bool, log: Callable[[str], None] | None
+             ) -> dict[str, RunResult]:
+  say = log if log is not None else (lambda _: None)
+  results, diverged = {}, {}
   for label, run_config in configs.items():
     run_dir = None if out_dir is None else out_dir / run_dir_name(label)
     action = plan[label]
@@ -207,19 +260,35 @@ def compare(
     if action == "reuse":
       results[label] = finished_run(run_dir)
       continue
-    results[label] = run(run_config, run_dir, resume=action == "resume",
-                         overwrite=action in ("retrain", "overwrite"), progress=progress,
-                         log=log)
+    if action == "diverged":
+      results[label] = _diverged_result(run_dir)
+      diverged[label] = results[label].summary.get("diverged_at_step")
+      say(f"{run_dir} diverged at step {diverged[label]} before; not trained again "
+          f"(--retry-diverged does)")
+      continue
+    try:
+      results[label] = run(run_config, run_dir, resume=action == "resume",
+                           overwrite=action in ("retrain", "overwrite"), progress=progress,
+                           log=log)
+    except TrainingDivergedError as error:
+      say(f"samx: {error}")
+      diverged[label] = error.step
+      results[label] = (_diverged_result(run_dir) if run_dir is not None else
+                        RunResult([], {"status": "diverged", "diverged_at_step": error.step},
+                                  None, run_config, None))
   summaries = {label: result.summary for label, result in results.items()}
   say("\n" + format_table(summaries))
   if out_dir is not None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.md").write_text(format_table(summaries, markdown=True) + "\n")
-    (out_dir / "compare.json").write_text(strict_json(summaries, indent=2) + "\n")
+    write_atomic(out_dir / "compare.md", format_table(summaries, markdown=True) + "\n")
+    write_atomic(out_dir / "compare.json", strict_json(summaries, indent=2) + "\n")
     first = next(iter(results.values()))
-    title = (f"{first.summary['dataset']}, {first.summary['noise_rate']:.0%} noisy labels, "
-             f"{config.model.name}")
+    title = (f"{first.summary.get('dataset', '')}, {first.summary.get('noise_rate') or 0:.0%} "
+             f"noisy labels, {config.model.name}")
     path = plot_comparison({label: r.history for label, r in results.items()},
                            out_dir / "compare.png", title=title)
     say(f"\ntable: {out_dir / 'compare.md'}   plot: {path}")
+  if diverged:
+    names = ", ".join(f"{label} (at step {step})" for label, step in diverged.items())
+    raise TrainingDivergedError(f"{len(diverged)} of {len(configs)} entries diverged: {names}; "
+                                f"the table marks them.")
   return results

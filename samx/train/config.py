@@ -552,6 +552,9 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
          "schedule.boundaries", "increasing fractions of the run in (0, 1)", s.boundaries)
   _check(0 < s.decay <= 1, "schedule.decay", "in (0, 1]", s.decay)
   _check(config.epochs >= 1, "epochs", ">= 1", config.epochs)
+  _check(0 <= config.seed < 2**31, "seed", "an integer in [0, 2^31)", config.seed)
+  _check(n.seed is None or 0 <= n.seed < 2**31, "noise.seed", "an integer in [0, 2^31) or none",
+         n.seed)
   _check(config.batch_size >= 1, "batch_size", ">= 1", config.batch_size)
   _check(config.eval_batch_size >= 1, "eval_batch_size", ">= 1", config.eval_batch_size)
   _check(config.eval_every >= 1, "eval_every", ">= 1", config.eval_every)

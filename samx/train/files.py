@@ -102,8 +102,9 @@ def _write_through(handle, data: bytes, path: pathlib.Path) -> None:
   os.fsync(handle.fileno())
 
 
-def write_atomic(path: str | pathlib.Path, text: str) -> None:
-  """Replaces ``path`` by a file holding ``text``, all at once (see the module docstring).
+def write_atomic(path: str | pathlib.Path, text: str | bytes) -> None:
+  """Replaces ``path`` by a file holding ``text`` (or bytes), all at once (see the module
+  docstring).
 
   Raises :class:`RunFileError` naming ``path`` if it cannot be written; ``path`` is then left
   as it was.
@@ -115,7 +116,7 @@ def write_atomic(path: str | pathlib.Path, text: str) -> None:
                                         suffix=TEMPORARY_SUFFIX)
     temporary = pathlib.Path(name)
     with os.fdopen(descriptor, "wb") as handle:
-      _write_through(handle, text.encode(), path)
+      _write_through(handle, text.encode() if isinstance(text, str) else text, path)
     _fault(path, "before_rename")
     os.replace(temporary, path)
     temporary = None

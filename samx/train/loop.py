@@ -162,6 +162,7 @@ def _summary(trainer: Trainer, state: TrainState, history: list[dict[str, Any]],
   config, data = trainer.config, trainer.data
   final = history[-1] if history else {}
   return {
+      "status": "finished",
       "dataset": data.name, "optimizer": method_label(config), "model": config.model.name,
       "parameters": parameter_count(state), "noise_rate": data.noise_rate,
       "devices": trainer.mesh.size, "processes": jax.process_count(),

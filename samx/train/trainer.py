@@ -29,6 +29,7 @@ from samx.train.step import Batch, Normalization, TrainState, make_train_step, p
 from samx.train.training_data import TrainingData, load_data
 
 BATCH_AXIS = "data"
+MAX_STEPS = 2**31 - 1  # the step counters of the state and of optax are int32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,10 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
   if steps_per_epoch == 0:
     raise ConfigError(f"batch_size must be at most the {train_size} training examples; got "
                       f"{config.batch_size}.")
+  if steps_per_epoch * config.epochs > MAX_STEPS:
+    raise ConfigError(f"epochs={config.epochs} makes {steps_per_epoch * config.epochs:,} steps "
+                      f"({steps_per_epoch} per epoch), more than the {MAX_STEPS:,} that the "
+                      f"step counters (int32) hold; train fewer epochs.")
   used = devices if config.devices is None else devices[:config.devices]
   mesh = Mesh(np.asarray(used), (BATCH_AXIS,))
   replicated = NamedSharding(mesh, PartitionSpec())

@@ -7,6 +7,7 @@ a multi-host run, and a resumed run, builds exactly the same arrays.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -81,9 +82,38 @@ def _options(config: Config, defaults: dict[str, Any], accepted: set[str]) -> di
   return {**defaults, **config.data.options}
 
 
+# The generators' options: (minimum, integer?) of each; every one must be finite and at least
+# its minimum (a float minimum of 0.0 means > 0).
+_GENERATOR_OPTIONS = {"train_size": (1, True), "test_size": (1, True), "num_classes": (2, True),
+                      "dim": (1, True), "center_scale": (0.0, False),
+                      "signal_norm": (0.0, False), "noise_std": (0.0, False)}
+
+
+def _checked_options(config: Config, defaults: dict[str, Any]) -> dict[str, Any]:
+  """The generator's options with their defaults, each checked: an integer option must be a
+  whole number >= its minimum (``1.5`` and ``"abc"`` are refused, not truncated), a number
+  option finite and > 0."""
+  options = _options(config, defaults, set(defaults))
+  for key, value in options.items():
+    minimum, integer = _GENERATOR_OPTIONS[key]
+    name = f"data.options.{key}"
+    if integer:
+      ok = (isinstance(value, int | np.integer) and not isinstance(value, bool)
+            and value >= minimum)
+      if not ok:
+        raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+      options[key] = int(value)
+    else:
+      ok = (isinstance(value, int | float | np.number) and not isinstance(value, bool)
+            and math.isfinite(value) and value > minimum)
+      if not ok:
+        raise ConfigError(f"{name} must be a finite number > {minimum:g}; got {value!r}.")
+      options[key] = float(value)
+  return options
+
+
 def _generated_gaussian_mixture(config: Config):
-  keys = set(GAUSSIAN_MIXTURE_DEFAULTS)
-  o = _options(config, GAUSSIAN_MIXTURE_DEFAULTS, keys)
+  o = _checked_options(config, GAUSSIAN_MIXTURE_DEFAULTS)
   kwargs = {"num_classes": int(o["num_classes"]), "dim": int(o["dim"]),
             "center_scale": float(o["center_scale"]), "seed": config.seed}
   x, y = synthetic.gaussian_mixture(int(o["train_size"]), split="train", **kwargs)
@@ -93,7 +123,7 @@ def _generated_gaussian_mixture(config: Config):
 
 
 def _generated_patches(config: Config):
-  o = _options(config, PATCHES_DEFAULTS, set(PATCHES_DEFAULTS))
+  o = _checked_options(config, PATCHES_DEFAULTS)
   kwargs = {"signal_norm": float(o["signal_norm"]), "noise_std": float(o["noise_std"])}
   train = synthetic.signal_noise_patches(int(o["train_size"]), int(o["dim"]), seed=config.seed,
                                          **kwargs)
