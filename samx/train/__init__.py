@@ -10,7 +10,8 @@ One module per concern, each importing only those above it in this list:
   chain, built from the config.
 - ``in_flight``: :class:`InFlight`, how far the host runs ahead of the devices.
 - ``step``: the pure training step; ``evaluation``: the clean/noisy metrics.
-- ``trainer``: the mesh and the compiled functions; ``run_dir``, ``progress``, ``checkpoints``:
+- ``trainer``: the mesh and the compiled functions; ``files`` (atomic writes), ``run_lock``
+  (one writer per directory), ``run_dir``, ``progress``, ``checkpoints`` (with checksums):
   what a run writes and shows; ``loop``: :func:`run`; ``compare``, ``presets``.
 - ``host_devices``: :func:`virtual_cpu_devices_flags`, for many-device runs on one CPU.
 
@@ -45,7 +46,7 @@ from samx.train.in_flight import InFlight
 from samx.train.loop import RunResult, run
 from samx.train.methods import METHODS, GSAMConfig, Method, SANERConfig
 from samx.train.presets import PRESETS, preset
-from samx.train.run_dir import load_run_config
+from samx.train.run_dir import RunStatus, inspect_run, load_run_config, read_history
 from samx.train.step import TrainState
 from samx.train.trainer import Trainer, make_trainer
 from samx.train.training_data import TrainingData, load_data
@@ -65,6 +66,7 @@ __all__ = [
     "PenaltyConfig",
     "RunDirectoryError",
     "RunResult",
+    "RunStatus",
     "SANERConfig",
     "ScheduleConfig",
     "TrainState",
@@ -75,12 +77,14 @@ __all__ = [
     "compare",
     "format_table",
     "from_dict",
+    "inspect_run",
     "load_data",
     "load_run_config",
     "make_trainer",
     "override",
     "plot_comparison",
     "preset",
+    "read_history",
     "run",
     "to_dict",
     "validate",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import pathlib
 import shutil
 from collections.abc import Callable
@@ -147,6 +148,23 @@ def tidy(run_dir: str | pathlib.Path) -> list[str]:
   return done
 
 
+class _ReportedBySamx(logging.Filter):
+  """Drops orbax's log records of a background save that failed with an error samx reports
+  itself (a :class:`RunFileError` naming the file), so the user reads one message, not three
+  tracebacks."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    while error is not None:
+      if isinstance(error, RunFileError):
+        return False
+      error = error.__cause__ or error.__context__
+    return True
+
+
+_log_filter = _ReportedBySamx()
+
+
 def _abstract(like: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
 
@@ -169,6 +187,8 @@ class Checkpoints:
         max_to_keep=keep, create=True,
         async_options=ocp.AsyncOptions(post_finalization_callback=self._seal))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    if _log_filter not in logging.getLogger("absl").filters:
+      logging.getLogger("absl").addFilter(_log_filter)
 
   def _seal(self) -> None:
     """Runs in orbax's background thread when the files of a save are complete and not yet
@@ -182,10 +202,17 @@ class Checkpoints:
     write_checksums(target)
 
   def _failed_save(self, error: Exception) -> RunFileError:
+    if isinstance(error, RunFileError):
+      cause = f"writing {error.filename}: {error.reason}"
+    elif isinstance(error, OSError) and error.strerror:
+      cause = f"{error.filename or 'a file'}: {error.strerror}"
+    else:
+      cause = f"{type(error).__name__}: {error}"
     return RunFileError(getattr(error, "errno", None) or errno.EIO,
                         f"could not save the checkpoint of epoch {self._saving} in "
-                        f"{self.directory}: {error}. Training stopped; free space (or fix the "
-                        f"cause) and continue with: samx train --resume {self.run_dir}")
+                        f"{self.directory} ({cause}); training stopped. Free space (or fix the "
+                        f"cause) and continue with: samx train --resume {self.run_dir}",
+                        filename=str(self.directory), reason=cause)
 
   def wait(self) -> None:
     """Waits for the save in progress; raises :class:`RunFileError` if it failed."""

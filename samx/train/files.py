@@ -42,9 +42,33 @@ TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".", ".samx-tmp"
 _write_counts: dict[str, int] = {}
 
 
+def _read_umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+# New files get the permissions that open() would give them (mkstemp's are 0600).
+_NEW_FILE_MODE = 0o666 & ~_read_umask()
+
+
 class RunFileError(OSError):
   """A file of a run directory could not be written or read as it must be; the message names
-  the file and what to do."""
+  the file and what to do.
+
+  Attributes:
+    errno: the OS error number (``errno.ENOSPC`` for a full disk).
+    filename: the file.
+    reason: what went wrong, without the advice (e.g. ``No space left on device``).
+  """
+
+  def __init__(self, error_number: int, message: str, *, filename: str | None = None,
+               reason: str | None = None):
+    super().__init__(error_number, message)
+    self.filename, self.reason = filename, reason or message
+
+  def __str__(self) -> str:
+    return self.strerror
 
 
 def _fault(path: pathlib.Path, point: str) -> None:
@@ -87,7 +111,8 @@ def _failed(path: pathlib.Path, error: OSError, action: str = "write") -> RunFil
                           "before is intact)",
             errno.EACCES: "; make it writable or choose another directory",
             errno.EROFS: "; choose a directory on a writable file system"}.get(error.errno, "")
-  return RunFileError(error.errno, f"could not {action} {path}: {reason}{advice}.")
+  return RunFileError(error.errno or errno.EIO, f"could not {action} {path}: {reason}{advice}.",
+                      filename=str(path), reason=reason)
 
 
 def _write_through(handle, data: bytes, path: pathlib.Path) -> None:
@@ -115,6 +140,7 @@ def write_atomic(path: str | pathlib.Path, text: str | bytes) -> None:
     descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX + path.name + ".",
                                         suffix=TEMPORARY_SUFFIX)
     temporary = pathlib.Path(name)
+    os.fchmod(descriptor, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
     with os.fdopen(descriptor, "wb") as handle:
       _write_through(handle, text.encode() if isinstance(text, str) else text, path)
     _fault(path, "before_rename")
@@ -185,7 +211,8 @@ def read_json(path: str | pathlib.Path, *, what: str, advice: str,
           return value
         problem = (f"holds a JSON {type(value).__name__}, not the "
                    f"{'object' if kind is dict else kind.__name__} it should")
-  raise RunFileError(errno.EINVAL, f"{path} {problem}: it should hold {what}; {advice}.")
+  raise RunFileError(errno.EINVAL, f"{path} {problem}: it should hold {what}; {advice}.",
+                     filename=str(path), reason=problem)
 
 
 def read_json_lines(path: str | pathlib.Path, *,
