@@ -7,6 +7,7 @@ command as a user would, and must end exactly like an uninterrupted run."""
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,12 +72,13 @@ def resume(run_dir):
 # --- kills and full disks at each write ------------------------------------------------------
 
 # (file, point, which write of it): every file a run writes, each way a write can be cut.
+SLOW = pytest.mark.slow  # each a training subprocess and a resume: the default suite has a few
 KILLS = [
     ("metrics.jsonl", "partial", 3),        # the append of epoch 3, half written
-    ("config.json", "partial", 1),          # the run's first write
-    ("config.json", "before_rename", 1),
-    ("summary.json", "partial", 1),         # the last write
-    ("summary.json", "after_rename", 1),
+    pytest.param("config.json", "partial", 1, marks=SLOW),  # the run's first write
+    pytest.param("config.json", "before_rename", 1, marks=SLOW),
+    pytest.param("summary.json", "partial", 1, marks=SLOW),  # the last write
+    pytest.param("summary.json", "after_rename", 1, marks=SLOW),
     ("samx-checksums.json", "partial", 2),  # inside orbax's save of epoch 2
 ]
 
@@ -122,9 +124,9 @@ def test_every_kill_point(tmp_path, reference, name, point, count):
   test_a_kill_at_any_write_loses_nothing(tmp_path, reference, name, point, count)
 
 
-def test_a_kill_while_resuming_rewrites_nothing_half(tmp_path, reference):
-  run_dir = tmp_path / "run"
-  assert samx(cli_args(run_dir), fault="kill:summary.json:partial").returncode == -9
+@SLOW
+def test_a_kill_while_resuming_rewrites_nothing_half(killed_after_epoch_three, reference):
+  run_dir = killed_after_epoch_three
   # the resume cuts metrics.jsonl back to the checkpoint (an atomic rewrite): killed there too
   killed = samx(["train", "--no-progress", "--resume", str(run_dir)],
                 fault="kill:metrics.jsonl:partial")
@@ -134,7 +136,8 @@ def test_a_kill_while_resuming_rewrites_nothing_half(tmp_path, reference):
   assert_same_as_reference(run_dir, result, reference)
 
 
-@pytest.mark.parametrize("name", ["metrics.jsonl", "samx-checksums.json", "summary.json"])
+@pytest.mark.parametrize("name", ["metrics.jsonl", pytest.param("samx-checksums.json", marks=SLOW),
+                                  pytest.param("summary.json", marks=SLOW)])
 def test_a_full_disk_names_the_file_and_the_run_resumes_once_space_is_freed(tmp_path, reference,
                                                                           name):
   run_dir = tmp_path / "run"
@@ -152,9 +155,10 @@ def test_a_full_disk_names_the_file_and_the_run_resumes_once_space_is_freed(tmp_
   assert_same_as_reference(run_dir, result, reference)
 
 
-def test_a_cut_last_line_is_dropped_with_a_warning_not_a_decode_error(tmp_path, reference):
-  run_dir = tmp_path / "run"
-  assert samx(cli_args(run_dir), fault="kill:summary.json:partial").returncode == -9
+@SLOW
+def test_a_cut_last_line_is_dropped_with_a_warning_not_a_decode_error(killed_after_epoch_three,
+                                                                     reference):
+  run_dir = killed_after_epoch_three
   with open(run_dir / "metrics.jsonl", "ab") as handle:
     handle.write(b'{"epoch": 4, "test_acc')  # what a full disk leaves
   with pytest.warns(UserWarning, match="cut short"):
@@ -217,9 +221,9 @@ def test_compare_holds_every_run_directory_of_its_plan(tmp_path):
   assert not run_lock.holds(out) and not run_lock.holds(out / "sam")
 
 
-def test_leftover_orbax_temporary_directories_are_removed_on_resume(tmp_path, reference):
-  run_dir = tmp_path / "run"
-  assert samx(cli_args(run_dir), fault="kill:summary.json:partial").returncode == -9
+def test_leftover_orbax_temporary_directories_are_removed_on_resume(killed_after_epoch_three,
+                                                                   reference):
+  run_dir = killed_after_epoch_three
   stray = run_dir / "checkpoints" / f"4{checkpoints.ORBAX_TEMPORARY}-1234"
   (stray / "default").mkdir(parents=True)
   (run_dir / "checkpoints" / "7").mkdir()  # a stray empty step directory
@@ -232,10 +236,21 @@ def test_leftover_orbax_temporary_directories_are_removed_on_resume(tmp_path, re
 
 # --- damaged checkpoints ---------------------------------------------------------------------
 
-def killed_after_epoch_three(tmp_path):
-  run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def killed_at_the_end(tmp_path_factory):
+  """A run killed while writing its summary: three epochs and their checkpoints, unfinished."""
+  run_dir = tmp_path_factory.mktemp("killed") / "run"
   assert samx(cli_args(run_dir), fault="kill:summary.json:partial").returncode == -9
   assert checkpoints.saved_epochs(run_dir) == [1, 2, 3]
+  return run_dir
+
+
+@pytest.fixture
+def killed_after_epoch_three(tmp_path, killed_at_the_end):
+  """A copy of the killed run, for one test to damage."""
+  run_dir = tmp_path / "run"
+  shutil.copytree(killed_at_the_end, run_dir, symlinks=True)
+  (run_dir / run_lock.LOCK_FILE).unlink()
   return run_dir
 
 
@@ -251,9 +266,11 @@ def flip_one_bit(path, at=None):
   path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["flipped bit", "truncated", "missing file"])
-def test_a_damaged_checkpoint_is_found_and_the_previous_one_used(tmp_path, damage, reference):
-  run_dir = killed_after_epoch_three(tmp_path)
+@pytest.mark.parametrize("damage", ["flipped bit", pytest.param("truncated", marks=SLOW),
+                                    pytest.param("missing file", marks=SLOW)])
+def test_a_damaged_checkpoint_is_found_and_the_previous_one_used(killed_after_epoch_three, damage,
+                                                                  reference):
+  run_dir = killed_after_epoch_three
   target = largest_data_file(run_dir / "checkpoints" / "3")
   if damage == "flipped bit":
     flip_one_bit(target)
@@ -268,11 +285,12 @@ def test_a_damaged_checkpoint_is_found_and_the_previous_one_used(tmp_path, damag
   assert_same_as_reference(run_dir, result, reference)  # epoch 3 trained again from epoch 2
 
 
-def test_no_intact_checkpoint_is_a_clear_error_and_changes_nothing(tmp_path):
-  run_dir = killed_after_epoch_three(tmp_path)
+def test_no_intact_checkpoint_is_a_clear_error_and_changes_nothing(killed_after_epoch_three):
+  run_dir = killed_after_epoch_three
   for epoch in (1, 2, 3):
     flip_one_bit(largest_data_file(run_dir / "checkpoints" / str(epoch)))
   files.remove_temporaries(run_dir)  # the killed write's temporary file (a resume removes it)
+  (run_dir / run_lock.LOCK_FILE).touch()  # the resume takes the lock
   before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
   metrics_before = (run_dir / "metrics.jsonl").read_bytes()
   with pytest.raises(files.RunFileError, match="no intact checkpoint") as error:
@@ -298,11 +316,12 @@ def test_the_checksums_cover_every_data_file(tmp_path):
 # --- --overwrite, and requests that fail -----------------------------------------------------
 
 @pytest.mark.parametrize("bad", [
-    ["optimizer.rho=-1"], ["batch_size=100000"], ["data.name=mnist", "data.data_dir=/nowhere"],
-    ["model.name=small_cnn", "optimizer.name=sam_on"], ["seed=-1"],
-    ["data.options.train_size=0"], ["data.options.train_size=abc"],
-    ["data.options.train_size=1.5"], ["epochs=1000000000", "schedule.kind=step"],
-    ["epochs=1000000000", "optimizer.name=ae_sam"]])
+    ["optimizer.rho=-1"], ["data.name=mnist", "data.data_dir=/nowhere"],
+    ["epochs=1000000000", "optimizer.name=ae_sam"],
+    *[pytest.param(bad, marks=SLOW) for bad in (
+        ["batch_size=100000"], ["model.name=small_cnn", "optimizer.name=sam_on"], ["seed=-1"],
+        ["data.options.train_size=0"], ["data.options.train_size=abc"],
+        ["data.options.train_size=1.5"], ["epochs=1000000000", "schedule.kind=step"])]])
 def test_overwrite_keeps_the_old_run_when_the_new_request_fails(tmp_path, capsys, bad):
   run_dir = tmp_path / "run"
   train.run(config("epochs=1"), run_dir, log=None)
@@ -342,9 +361,8 @@ def test_ctrl_c_while_starting_writes_nothing(tmp_path, monkeypatch, capsys):
 
 # --- errors that were tracebacks -------------------------------------------------------------
 
-def test_paths_that_are_files_or_read_only_are_named(tmp_path, capsys):
-  run_dir = tmp_path / "run"
-  assert samx(cli_args(run_dir), fault="kill:summary.json:partial").returncode == -9
+def test_paths_that_are_files_or_read_only_are_named(tmp_path, killed_after_epoch_three, capsys):
+  run_dir = killed_after_epoch_three
   saved = run_dir / "checkpoints"
   saved.rename(tmp_path / "saved")
   saved.write_text("not a directory")
@@ -396,7 +414,7 @@ def test_compare_writes_the_table_when_one_entry_diverges_and_does_not_retrain_i
                                                                                 capsys):
   out = tmp_path / "out"
   args = ["compare", "--no-progress", "--out", str(out), "--optimizers",
-          "sgd,sam+rho=1e9+learning_rate=10", *[a for s in SETTINGS[:4] + ["epochs=2"]
+          "sgd,sam+rho=1e9+learning_rate=10", *[a for s in [*SETTINGS[:4], "epochs=2"]
                                                 for a in ("--set", s)]]
   assert cli.main(args) == 3
   err = capsys.readouterr()
