@@ -3,6 +3,8 @@
 from samx import analysis, penalties
 from samx.transforms import (
     AESAMState,
+    ArgumentError,
+    CompositionWarning,
     GroupFractions,
     GroupPlan,
     GSAMState,
@@ -27,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AESAMState",
+    "ArgumentError",
+    "CompositionWarning",
     "GSAMState",
     "GroupFractions",
     "GroupPlan",

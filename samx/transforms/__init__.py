@@ -14,6 +14,7 @@ options all of them share; a bad argument raises :class:`ArgumentError` (``_argu
 from samx.transforms._ae_sam import AESAMState, ae_sam
 from samx.transforms._arguments import ArgumentError
 from samx.transforms._combination import GroupFractions
+from samx.transforms._composition import CompositionWarning
 from samx.transforms._gsam import GSAMState, gsam
 from samx.transforms._logit_jacobian_sam import jacobian_sam, logit_sam
 from samx.transforms._looksam import LookSAMState, looksam
@@ -26,6 +27,7 @@ from samx.transforms._structured_groups import GroupPlan, LeafPath
 __all__ = [
     "AESAMState",
     "ArgumentError",
+    "CompositionWarning",
     "GSAMState",
     "GroupFractions",
     "GroupPlan",

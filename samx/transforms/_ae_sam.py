@@ -19,7 +19,9 @@ from samx.transforms._sharpness_aware import (
     ScalarOrSchedule,
     check_options,
     check_update_arguments,
+    nonfinite_rule,
     sharpness_aware_gradients,
+    valid_radius,
 )
 
 PyTree = Any
@@ -146,16 +148,17 @@ def ae_sam(
 
   def init_fn(params: PyTree) -> AESAMState:
     dtype = _tree.accumulation_dtype(jax.tree.leaves(params))
-    zero = jnp.zeros([], dtype)
-    return AESAMState(count=jnp.zeros([], jnp.int32), mean=zero, variance=zero,
-                      sam_steps=jnp.zeros([], jnp.int32), last_was_sam=jnp.zeros([], bool))
+    # One array per leaf: a state whose leaves share a buffer cannot be donated to jax.jit.
+    return AESAMState(count=jnp.zeros([], jnp.int32), mean=jnp.zeros([], dtype),
+                      variance=jnp.zeros([], dtype), sam_steps=jnp.zeros([], jnp.int32),
+                      last_was_sam=jnp.zeros([], bool))
 
   def update_fn(
       updates: PyTree, state: AESAMState, params: PyTree | None = None, *,
       objective: Objective | None = None, **extra_args: Any,
   ) -> tuple[PyTree, AESAMState]:
     del extra_args
-    check_update_arguments(name, params, objective)
+    check_update_arguments(name, params, objective, updates)
     clean = global_gradient(updates, axis_name)
     squared_norm = jnp.square(_tree.global_norm(clean)).astype(state.mean.dtype)
     mean = delta * state.mean + (1 - delta) * squared_norm
@@ -163,18 +166,24 @@ def ae_sam(
     cutoff = jnp.asarray(threshold(state.count), mean.dtype)
     use_sam = squared_norm >= mean + cutoff * jnp.sqrt(variance)
 
-    def sam_step(_) -> PyTree:
+    def sam_step(_) -> tuple[PyTree, jax.Array]:
       _, perturbed = sharpness_aware_gradients(name, rho, options, objective, params, updates,
                                                state.count)
-      return optax.tree_utils.tree_cast_like(perturbed, updates)
+      finite = _tree.all_finite(perturbed) & valid_radius(rho, state.count)
+      return optax.tree_utils.tree_cast_like(perturbed, updates), jnp.asarray(finite)
 
-    def gradient_step(_) -> PyTree:
-      return optax.tree_utils.tree_cast_like(clean, updates)
+    def gradient_step(_) -> tuple[PyTree, jax.Array]:
+      return optax.tree_utils.tree_cast_like(clean, updates), jnp.asarray(True)
 
-    update = jax.lax.cond(use_sam, sam_step, gradient_step, None)
-    return update, AESAMState(
+    update, finite = jax.lax.cond(use_sam, sam_step, gradient_step, None)
+    # The clean gradient decides the branch: a non-finite one is refused before its square
+    # enters the running statistics (which would stay inf or NaN for the rest of training).
+    finite = (finite & _tree.all_finite(clean) & jnp.isfinite(mean)
+              & jnp.isfinite(variance))
+    new_state = AESAMState(
         count=optax.safe_increment(state.count), mean=mean, variance=variance,
         sam_steps=state.sam_steps + use_sam.astype(jnp.int32), last_was_sam=use_sam)
+    return nonfinite_rule(finite, update, new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

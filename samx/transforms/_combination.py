@@ -60,9 +60,12 @@ def group_fractions(in_b: PyTree, in_c: PyTree) -> GroupFractions:
   """Fractions of components in groups A, B and C from the masks of B and C.
 
   The masks are summed in float32, which XLA:CPU reduces about twice as fast as int32; the
-  fractions are float32 anyway, so nothing is lost that they could show.
+  fractions are float32 anyway, so nothing is lost that they could show. With no components at
+  all (no parameters) the three fractions are 0.
   """
   total = sum(leaf.size for leaf in jax.tree.leaves(in_b))
+  if total == 0:
+    return GroupFractions(*(jnp.zeros([], jnp.float32) for _ in GroupFractions._fields))
 
   def count(masks: PyTree) -> jax.Array:
     return sum(jnp.sum(mask, dtype=jnp.float32) for mask in jax.tree.leaves(masks))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from typing import Any, NamedTuple
 
@@ -19,7 +20,9 @@ from samx.transforms._sharpness_aware import (
     ScalarOrSchedule,
     check_options,
     check_update_arguments,
+    nonfinite_rule,
     sharpness_aware_gradients,
+    valid_radius,
     value_at,
 )
 
@@ -40,19 +43,46 @@ class LookSAMState(NamedTuple):
   orthogonal_gradient: PyTree
 
 
+def negligible_fraction(tree: PyTree) -> float:
+  """How small ``||g_v|| / ||g_s||`` must be for ``g_v`` to count as zero: the square root of
+  the machine epsilon of the accumulation dtype (3.5e-4 in float32). Below it the direction of
+  ``g_v`` is that of rounding errors (two evaluations of the same gradient differ by about
+  ``eps ||g||``), not of the loss's curvature."""
+  return math.sqrt(float(jnp.finfo(_tree.accumulation_dtype(jax.tree.leaves(tree))).eps))
+
+
 def orthogonal_part(perturbed: PyTree, clean: PyTree) -> PyTree:
   """``g_s - (<g, g_s> / ||g||^2) g``: the part of ``perturbed`` orthogonal to ``clean`` (all of
-  ``perturbed`` if ``clean`` is zero)."""
-  inverse_norm, _ = _tree.safe_reciprocal(_tree.global_norm(clean))
-  projection = _tree.vdot(clean, perturbed) * jnp.square(inverse_norm)
-  return jax.tree.map(lambda s, g: (s - projection * g).astype(s.dtype), perturbed, clean)
+  ``perturbed`` if ``clean`` is zero), or zero if it is negligible against ``g_s`` (see
+  :func:`negligible_fraction`).
+
+  The projection is formed from both gradients divided by their largest magnitude, so it is
+  finite for any finite gradients (``||g||^2`` of a gradient of ``1e30`` per element is not).
+  """
+  leaves = jax.tree.leaves((clean, perturbed))
+  if not leaves:
+    return perturbed
+  dtype = _tree.accumulation_dtype(leaves)
+  inverse_scale, _ = _tree.safe_reciprocal(_tree.max_magnitude(leaves, dtype))
+  scaled_clean = _tree.scale(inverse_scale, jax.tree.map(lambda g: g.astype(dtype), clean))
+  scaled_perturbed = _tree.scale(inverse_scale,
+                                 jax.tree.map(lambda s: s.astype(dtype), perturbed))
+  inverse_norm, _ = _tree.safe_reciprocal(_tree.global_norm(scaled_clean))
+  projection = _tree.vdot(scaled_clean, scaled_perturbed) * jnp.square(inverse_norm)
+  scaled_orthogonal = jax.tree.map(lambda s, g: s - projection * g, scaled_perturbed,
+                                   scaled_clean)
+  kept = (_tree.global_norm(scaled_orthogonal)
+          > negligible_fraction(perturbed) * _tree.global_norm(scaled_perturbed))
+  return jax.tree.map(lambda s, g: jnp.where(kept, s - projection * g.astype(dtype), 0.0
+                                             ).astype(s.dtype), perturbed, clean)
 
 
 def reuse_orthogonal_part(clean: PyTree, orthogonal: PyTree, alpha: jax.Array) -> PyTree:
   """``g + alpha (||g|| / ||g_v||) g_v``: LookSAM's update between perturbed gradients (``g``
-  if ``g_v`` is zero)."""
-  inverse_norm, _ = _tree.safe_reciprocal(_tree.global_norm(orthogonal))
-  factor = alpha * _tree.global_norm(clean) * inverse_norm
+  if ``g_v`` is zero). The norms are formed without overflow
+  (:func:`samx.transforms._tree.stable_global_norm`)."""
+  inverse_norm, _ = _tree.safe_reciprocal(_tree.stable_global_norm(orthogonal))
+  factor = alpha * _tree.stable_global_norm(clean) * inverse_norm
   return jax.tree.map(lambda g, v: (g + factor * v).astype(g.dtype), clean, orthogonal)
 
 
@@ -144,29 +174,33 @@ def looksam(
       objective: Objective | None = None, **extra_args: Any,
   ) -> tuple[PyTree, LookSAMState]:
     del extra_args
-    check_update_arguments(name, params, objective)
+    check_update_arguments(name, params, objective, updates)
 
-    def perturbed_step() -> tuple[PyTree, PyTree]:
+    def perturbed_step() -> tuple[PyTree, PyTree, jax.Array]:
       clean, perturbed = sharpness_aware_gradients(name, rho, options, objective, params,
                                                    updates, state.count)
-      return perturbed, orthogonal_part(perturbed, clean)
+      finite = _tree.all_finite((clean, perturbed)) & valid_radius(rho, state.count)
+      return perturbed, orthogonal_part(perturbed, clean), finite
 
-    def reusing_step() -> tuple[PyTree, PyTree]:
+    def reusing_step() -> tuple[PyTree, PyTree, jax.Array]:
       clean = global_gradient(updates, axis_name)
       alpha_now = value_at(alpha, state.count)
-      return reuse_orthogonal_part(clean, state.orthogonal_gradient, alpha_now), (
-          state.orthogonal_gradient)
+      update = reuse_orthogonal_part(clean, state.orthogonal_gradient, alpha_now)
+      finite = _tree.all_finite(update) & valid_radius(alpha, state.count)
+      return update, state.orthogonal_gradient, finite
 
     def like_state(branch):
       def run(_):
-        update, orthogonal = branch()
+        update, orthogonal, finite = branch()
         return (optax.tree_utils.tree_cast_like(update, updates),
-                optax.tree_utils.tree_cast_like(orthogonal, state.orthogonal_gradient))
+                optax.tree_utils.tree_cast_like(orthogonal, state.orthogonal_gradient),
+                jnp.asarray(finite))
       return run
 
-    update, orthogonal = jax.lax.cond(state.count % k == 0, like_state(perturbed_step),
-                                      like_state(reusing_step), None)
-    return update, LookSAMState(count=optax.safe_increment(state.count),
-                                orthogonal_gradient=orthogonal)
+    update, orthogonal, finite = jax.lax.cond(
+        state.count % k == 0, like_state(perturbed_step), like_state(reusing_step), None)
+    new_state = LookSAMState(count=optax.safe_increment(state.count),
+                             orthogonal_gradient=orthogonal)
+    return nonfinite_rule(finite, update, new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

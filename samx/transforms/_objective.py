@@ -56,6 +56,15 @@ class Objective:
   targets: PyTree
   outputs: PyTree = None
 
+  def check_batch(self, transform: str = "Objective") -> None:
+    """Raises ``ValueError`` (naming ``transform``) unless every leaf of ``inputs`` and
+    ``targets`` has the batch along axis 0 with one common size."""
+    try:
+      self.batch_size  # noqa: B018
+    except ValueError as error:
+      raise ValueError(str(error).replace("Objective:", f"{transform}: the objective's", 1)
+                       ) from None
+
   @property
   def batch_size(self) -> int:
     """The common size of axis 0 of every leaf of ``inputs`` and ``targets``."""
@@ -78,8 +87,8 @@ class Objective:
 
   def losses_from_outputs(self, outputs: PyTree) -> jax.Array:
     """Per-example losses of given model outputs, shape ``(batch,)``."""
+    batch = self.batch_size  # checks the batch before the loss sees it
     losses = self.loss_fn(outputs, self.targets)
-    batch = self.batch_size
     if jnp.shape(losses) != (batch,):
       raise ValueError(
           f"Objective: `loss_fn` must return one loss per example, shape ({batch},); got shape "

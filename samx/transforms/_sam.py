@@ -67,8 +67,23 @@ def sam(
 
   The transform must see the raw gradient of ``objective`` at ``params`` (put it first in an
   ``optax.chain``, with weight decay and the optimizer after it). One step evaluates the
-  gradient once more, at ``w + eps``. If :math:`\lVert g \rVert` is zero or not finite,
-  :math:`\epsilon = 0` and the update is the plain gradient: no NaN is ever made here.
+  gradient once more, at ``w + eps``. If :math:`\lVert g \rVert` is zero,
+  :math:`\epsilon = 0` and the update is the plain gradient.
+
+  Non-finite steps, the rule of every samx transform: if the step's clean gradient (the
+  incoming ``updates``; with ``group_size``, the group gradients formed here, the incoming ones
+  being unused), its perturbed gradient, its update or the value of a schedule (``rho`` < 0 or
+  NaN) is not finite, the update is NaN in every entry and the state is returned as it was,
+  count included. Guard the step with ``optax.apply_if_finite`` placed after this transform
+  (around the whole chain it only sees the incoming gradient); the skipped step then leaves no
+  trace.
+
+  Composition: whatever comes before this transform in a chain (``clip_by_global_norm``, a
+  scaling) changes only the direction of :math:`\epsilon`, since the update is a gradient
+  computed here from ``objective``; clip or scale after it. Under ``optax.MultiSteps`` (or any
+  wrapper that calls ``update`` once per micro-batch) the count advances per micro-batch, so
+  ``rho`` schedules (and SANER's ``warmup_steps``, LookSAM's ``k``, AE-SAM's ``total_steps``)
+  count micro-batches. A transform before samx in a chain is warned about once, when traced.
 
   Args:
     rho: the radius of the ascent step, a number >= 0 or an optax schedule of the transform's

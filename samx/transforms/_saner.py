@@ -189,9 +189,10 @@ def saner(
   check_flag("track_groups", track_groups, transform=name)
 
   def init(count: jax.Array) -> SANERState:
-    zero = jnp.zeros([], jnp.float32)
+    # One array per leaf: a state whose leaves share a buffer cannot be donated to jax.jit.
+    zeros = [jnp.zeros([], jnp.float32) for _ in GroupFractions._fields]
     return SANERState(count=count, beta=jnp.ones([], jnp.float32),
-                      group_fractions=GroupFractions(zero, zero, zero))
+                      group_fractions=GroupFractions(*zeros))
 
   def rule(clean: PyTree, variant: PyTree, state: SANERState
            ) -> tuple[PyTree, GroupFractions | None]:

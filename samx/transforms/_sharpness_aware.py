@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from samx.transforms import _masks
+from samx.transforms import _masks, _tree
 from samx.transforms._arguments import ArgumentError, check_count, check_flag, check_number
+from samx.transforms._composition import warn_about_composition
 from samx.transforms._objective import Objective
 from samx.transforms._perturbation import (
   Perturbation,
@@ -172,9 +173,12 @@ PERTURBED_AS_IS = Combination(init=SAMState, rule=_perturbed_as_is)
 
 
 def check_update_arguments(
-    transform: str, params: PyTree | None, objective: Objective | None
+    transform: str, params: PyTree | None, objective: Objective | None,
+    updates: PyTree = None,
 ) -> None:
-  """Explains the call if ``update`` was not given the objective and the parameters."""
+  """Explains the call if ``update`` was not given the objective and the parameters, if
+  ``updates`` (the gradient) does not have the structure and shapes of ``params``, or if the
+  objective's batch is not one size (checked here, before any model or loss sees it)."""
   if objective is None:
     raise ValueError(
         f"{transform} needs the objective: call "
@@ -187,6 +191,62 @@ def check_update_arguments(
     raise ValueError(
         f"{transform} needs the current parameters: call "
         "`tx.update(grads, state, params, objective=...)`.")
+  if updates is not None:
+    check_like_params(transform, "updates", updates, params)
+  objective.check_batch(transform)
+  warn_about_composition(transform)
+
+
+def check_like_params(transform: str, argument: str, tree: PyTree, params: PyTree) -> None:
+  """Raises an :class:`ArgumentError` naming ``argument`` unless ``tree`` has the structure and
+  the leaf shapes of ``params``."""
+  tree_structure, params_structure = jax.tree.structure(tree), jax.tree.structure(params)
+  if tree_structure != params_structure:
+    paths = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+    wanted = {jax.tree_util.keystr(path)
+              for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+    missing, extra = sorted(wanted - paths), sorted(paths - wanted)
+    detail = "; ".join(part for part in (
+        f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing else "",
+        f"not in the parameters {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"
+        if extra else "") if part) or (
+        f"{tree_structure.num_leaves} leaves in another structure than the parameters' "
+        f"{params_structure.num_leaves}")
+    raise ArgumentError(
+        argument, f"{transform}: `{argument}` must have the structure of `params` (the "
+        f"gradient of each parameter); {detail}.")
+  for (path, leaf), wanted in zip(jax.tree_util.tree_leaves_with_path(tree),
+                                  jax.tree.leaves(params), strict=True):
+    if jnp.shape(leaf) != jnp.shape(wanted):
+      raise ArgumentError(
+          argument, f"{transform}: `{argument}` must have the shapes of `params`; "
+          f"{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}, the parameter "
+          f"{jnp.shape(wanted)}.")
+
+
+def valid_radius(rho: ScalarOrSchedule, count: jax.Array) -> jax.Array | bool:
+  """Whether ``rho`` at ``count`` is a finite number >= 0 (a number was checked when the
+  transform was built; a schedule is checked at each step)."""
+  if not callable(rho):
+    return True
+  value = jnp.asarray(rho(count))
+  return jnp.isfinite(value) & (value >= 0)
+
+
+def nonfinite_rule(finite: jax.Array | bool, update: PyTree, new_state: Any, old_state: Any
+                   ) -> tuple[PyTree, Any]:
+  """samx's one rule for a step that cannot be taken: ``(update, state)`` as they are if
+  ``finite``, else an update that is NaN in every entry and the state as it was before the step
+  (its count included), so that nothing non-finite enters any transform's state.
+
+  ``finite`` is false when the clean gradient the step uses, the perturbed gradient, the
+  update, or a value of a schedule (``rho`` < 0, NaN) is not finite.
+  """
+  if finite is True:
+    return update, new_state
+  update = jax.tree.map(lambda u: jnp.where(finite, u, jnp.nan).astype(u.dtype), update)
+  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
+  return update, state
 
 
 def sharpness_aware_transform(
@@ -233,14 +293,20 @@ def sharpness_aware_transform(
       objective: Objective | None = None, **extra_args: Any,
   ) -> tuple[PyTree, Any]:
     del extra_args
-    check_update_arguments(transform, params, objective)
+    check_update_arguments(transform, params, objective, updates)
     per_group = (lambda g, g_sam: combination.rule(g, g_sam, state)) if combine_per_group else None
     gradients = sharpness_aware_gradients(
         transform, rho, options, objective, params, updates, state.count,
         perturbed_loss=perturbed_loss, per_group=per_group)
-    combined, stats = gradients if combine_per_group else combination.rule(*gradients, state)
-    state = combination.record(state, stats)
-    return combined, state._replace(count=optax.safe_increment(state.count))
+    if combine_per_group:
+      (combined, stats), used = gradients, ()
+    else:
+      (combined, stats), used = combination.rule(*gradients, state), gradients
+    finite = (_tree.all_finite((combined, stats, used))
+              & valid_radius(rho, state.count))
+    new_state = combination.record(state, stats)
+    new_state = new_state._replace(count=optax.safe_increment(state.count))
+    return nonfinite_rule(finite, combined, new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -6,6 +6,7 @@ transforms call it; the helpers here are those whose dtypes differ from optax's,
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -29,6 +30,31 @@ def global_norm(tree: PyTree) -> jax.Array:
   dtype = accumulation_dtype(leaves)
   squares = [jnp.sum(jnp.square(leaf.astype(dtype))) for leaf in leaves]
   return jnp.sqrt(sum(squares, jnp.zeros((), dtype)))
+
+
+def stable_global_norm(tree: PyTree) -> jax.Array:
+  """:func:`global_norm` computed as ``s * ||tree / s||`` with ``s`` the largest magnitude, so
+  that it is finite whenever the norm itself is representable (a gradient of ``1e30`` per
+  element squares to ``inf`` in float32, its norm does not). One more pass over the leaves."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  dtype = accumulation_dtype(leaves)
+  largest = max_magnitude(leaves, dtype)
+  inverse = jnp.where(largest > 0, 1.0 / jnp.where(largest > 0, largest, 1.0), 0.0)
+  return largest * global_norm([leaf.astype(dtype) * inverse for leaf in leaves])
+
+
+def max_magnitude(leaves: list[jax.Array], dtype: jnp.dtype) -> jax.Array:
+  """The largest ``|x|`` over all ``leaves``, as ``dtype`` (0 for no elements)."""
+  return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(leaf), initial=0).astype(dtype)
+                                        for leaf in leaves], jnp.zeros((), dtype))
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+  """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
+  flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+  return functools.reduce(jnp.logical_and, flags, jnp.asarray(True))
 
 
 def vdot(a: PyTree, b: PyTree) -> jax.Array:
