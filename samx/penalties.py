@@ -33,12 +33,27 @@ def _per_example_sq_norms(features: jax.Array) -> jax.Array:
 
 
 def weight_penalty(kernel: jax.Array) -> jax.Array:
-  """``||kernel||^2 / 2``, the last-layer weight norm."""
+  """``||kernel||^2 / 2``, the last-layer weight norm.
+
+  Args:
+    kernel: the last layer's weights ``V``.
+
+  Returns:
+    The penalty, a scalar.
+  """
   return 0.5 * jnp.sum(jnp.square(kernel))
 
 
 def feature_penalty(features: jax.Array, example_weights: jax.Array | None = None) -> jax.Array:
-  """``mean_i w_i ||features_i||^2 / 2``, the penultimate-feature norm (``w_i = 1`` by default)."""
+  """``mean_i w_i ||features_i||^2 / 2``, the penultimate-feature norm (``w_i = 1`` by default).
+
+  Args:
+    features: the penultimate features, ``(batch, ...)``.
+    example_weights: optional ``w_i``, ``(batch,)``, held fixed (no gradient flows into them).
+
+  Returns:
+    The penalty, a scalar.
+  """
   squares = _per_example_sq_norms(features)
   if example_weights is not None:
     squares = jax.lax.stop_gradient(example_weights) * squares
@@ -47,7 +62,17 @@ def feature_penalty(features: jax.Array, example_weights: jax.Array | None = Non
 
 def feature_and_weight_penalty(features: jax.Array, kernel: jax.Array, *, feature_coef: float,
                                weight_coef: float) -> jax.Array:
-  """``feature_coef * feature_penalty(features) + weight_coef * weight_penalty(kernel)``."""
+  """``feature_coef * feature_penalty(features) + weight_coef * weight_penalty(kernel)``.
+
+  Args:
+    features: the penultimate features, ``(batch, ...)``.
+    kernel: the last layer's weights ``V``.
+    feature_coef: the coefficient of the feature term (>= 0).
+    weight_coef: the coefficient of the weight term (>= 0).
+
+  Returns:
+    The penalty, a scalar.
+  """
   return feature_coef * feature_penalty(features) + weight_coef * weight_penalty(kernel)
 
 
@@ -61,6 +86,15 @@ def per_example_feature_and_weight_penalty(
   example); its mean over the batch is :func:`feature_and_weight_penalty`. A per-example loss
   with this term added is the regularised objective a :class:`samx.Objective` (and so any
   sharpness-aware transform) can work on.
+
+  Args:
+    features: the penultimate features, ``(batch, ...)``.
+    kernel_sq_norm: ``||V||^2``, a scalar or ``(batch,)``.
+    feature_coef: the coefficient of the feature term (>= 0).
+    weight_coef: the coefficient of the weight term (>= 0).
+
+  Returns:
+    The per-example penalties, ``(batch,)``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -83,6 +117,9 @@ def jsam_example_weights(residual_norms: jax.Array, features: jax.Array, kernel:
     features: the hidden activations ``z_i``, ``(batch, ...)``.
     kernel: the last layer ``v``.
     input_norms: ``||x_i||``, the norms of the inputs to the layer that makes ``z``.
+
+  Returns:
+    ``s_i / J_i``, ``(batch,)``, with no gradient (0 where ``J_i = 0``).
   """
   jacobian_norms = jnp.sqrt(_per_example_sq_norms(features)
                             + jnp.square(input_norms) * jnp.sum(jnp.square(kernel)))
@@ -102,6 +139,16 @@ def jsam_penalty(features: jax.Array, kernel: jax.Array, *, rho: float,
   :math:`\frac{\rho}{n}\sum_i \frac{s_i}{J_i}\lVert x_i\rVert^2 v` for the last layer and
   :math:`\frac{\rho}{n} \frac{s_i}{J_i} z_i` for each hidden activation, so SGD on the loss plus
   this penalty takes exactly the 1-SAM J-SAM step of a two-layer linear network.
+
+  Args:
+    features: the hidden activations ``z_i``, ``(batch, ...)``.
+    kernel: the last layer ``v``.
+    rho: J-SAM's radius.
+    residual_norms: ``s_i``, the size of each example's logit term.
+    input_norms: ``||x_i||``, the norms of the inputs to the layer that makes ``z``.
+
+  Returns:
+    The penalty, a scalar.
   """
   weights = jsam_example_weights(residual_norms, features, kernel, input_norms)
   kernel_term = 0.5 * jnp.square(input_norms) * jnp.sum(jnp.square(kernel))

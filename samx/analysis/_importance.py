@@ -30,6 +30,13 @@ def residual_norms(objective: Objective, outputs: PyTree) -> jax.Array:
 
   For the logistic loss on one output this is :math:`\\sigma(-y_i f_i)`; for softmax
   cross-entropy, :math:`\\lVert \\mathrm{softmax}(f_i) - e_{y_i} \\rVert`.
+
+  Args:
+    objective: the loss and the batch (its ``loss_fn`` is differentiated in the outputs).
+    outputs: the model's outputs on ``objective.inputs``, batch along axis 0.
+
+  Returns:
+    The norms, shape ``(batch,)``.
   """
   residuals = jax.grad(lambda out: objective.losses_from_outputs(out).sum())(outputs)
   squares = sum(jnp.sum(jnp.square(r.reshape(r.shape[0], -1)), axis=1)
@@ -68,6 +75,15 @@ def importance_weights(objective: Objective, params: PyTree, rho: float,
   Both are normalised to sum to one, so :func:`gini_coefficient` and :func:`lorenz_curve`
   compare their spread. Pure and jittable (``rho`` and ``group_size`` static).
 
+  Args:
+    objective: the model, the loss and the batch.
+    params: the parameters :math:`w`.
+    rho: SAM's radius, a number >= 0.
+    group_size: ``None`` (one ascent step for the batch) or the examples per group.
+
+  Returns:
+    :class:`ImportanceWeights` ``(real, phantom)``, each of shape ``(batch,)`` summing to one.
+
   Example::
 
     >>> import jax.numpy as jnp, samx
@@ -99,6 +115,12 @@ def lorenz_curve(weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   Both have ``n + 1`` points from ``(0, 0)`` to ``(1, 1)``: the examples sorted from the
   smallest weight up, ``weight_share[k]`` is the share of the total held by the ``k``
   smallest. Equal weights give the diagonal; the more unequal, the further below it.
+
+  Args:
+    weights: non-negative numbers, shape ``(n,)``.
+
+  Returns:
+    ``(population_share, weight_share)``, each of shape ``(n + 1,)``.
   """
   weights = jnp.sort(jnp.ravel(jnp.asarray(weights, jnp.float32)))
   n = weights.size
@@ -114,6 +136,12 @@ def gini_coefficient(weights: jax.Array) -> jax.Array:
 
   :math:`G = \sum_{i,j} |w_i - w_j| / (2 n^2 \bar w)`, which is one minus twice the area under
   the :func:`lorenz_curve` (trapezoids). All-zero weights count as equal (``0``).
+
+  Args:
+    weights: non-negative numbers, shape ``(n,)``.
+
+  Returns:
+    The coefficient, a scalar in ``[0, 1 - 1/n]``.
   """
   population, share = lorenz_curve(weights)
   area = jnp.sum((share[1:] + share[:-1]) * jnp.diff(population)) / 2

@@ -26,6 +26,14 @@ def logit_weights(objective: Objective, params: PyTree, rho: float) -> jax.Array
   \sigma(-z_i)`, increasing in :math:`z_i`: SAM up-weights the examples it already fits, which
   are mostly the clean ones (Baek et al. 2024, Lemma 3.1). Examples with a zero residual get
   weight 1. Pure and jittable.
+
+  Args:
+    objective: the model, the loss and the batch.
+    params: the parameters :math:`w`.
+    rho: SAM's radius, a number >= 0.
+
+  Returns:
+    The weights, shape ``(batch,)``.
   """
 
   def one_example(example: Objective) -> jax.Array:
@@ -47,7 +55,15 @@ class SplitSummary(NamedTuple):
 
 
 def split_by_mask(values: jax.Array, noisy_mask: jax.Array) -> SplitSummary:
-  """Means of ``values`` over ``~noisy_mask`` and over ``noisy_mask`` (NaN for an empty side)."""
+  """Means of ``values`` over ``~noisy_mask`` and over ``noisy_mask`` (NaN for an empty side).
+
+  Args:
+    values: a per-example quantity, shape ``(n,)``.
+    noisy_mask: booleans, shape ``(n,)``: which examples have a corrupted label.
+
+  Returns:
+    :class:`SplitSummary` ``(clean, noisy)``.
+  """
   noisy_mask = jnp.asarray(noisy_mask, bool)
 
   def masked_mean(mask):

@@ -18,6 +18,17 @@ def linear_probe_accuracy(
   feature of the dominoes this way, one probe per label). With more features than examples it
   solves the same fit in its dual form, :math:`W = X^\top (X X^\top + \lambda n I)^{-1} Y`
   (an ``n x n`` system instead of ``d x d``). Pure and jittable.
+
+  Args:
+    train_features: the probe's training features, ``(n, ...)`` (flattened per example).
+    train_labels: their integer labels, ``(n,)``.
+    test_features: the features it is evaluated on, ``(m, ...)``.
+    test_labels: their integer labels, ``(m,)``.
+    num_classes: the number of classes.
+    l2: the ridge coefficient :math:`\lambda` (scaled by ``n``).
+
+  Returns:
+    The probe's test accuracy, a scalar.
   """
   train = jnp.asarray(train_features, jnp.float32).reshape(len(train_labels), -1)
   test = jnp.asarray(test_features, jnp.float32).reshape(len(test_labels), -1)

@@ -36,6 +36,16 @@ def saner_group_split(objective: Objective, params: PyTree, rho: float,
 
   Luong et al. find that group B (components SAM shrinks) carries much of the noisy examples'
   gradient; this measures it. Pure and jittable.
+
+  Args:
+    objective: the model, the loss and the batch.
+    params: the parameters :math:`w`.
+    rho: SAM's radius, a number >= 0 (``g_sam`` is the gradient at ``w + rho g / ||g||``).
+    noisy_mask: booleans, shape ``(batch,)``: which examples have a corrupted label.
+
+  Returns:
+    :class:`GroupSplit`: the fractions of components in groups A, B and C, and the noisy
+    examples' share of the gradient's magnitude in each (NaN for an empty group).
   """
   weights = jnp.asarray(noisy_mask, jnp.float32)
   n = objective.batch_size

@@ -43,6 +43,16 @@ def m_sharpness(objective: Objective, params: PyTree, rho: float, *, group_size:
   :math:`\epsilon = \rho g_k / \lVert g_k \rVert` (what SAM uses); with more, that point is
   improved by normalised gradient ascent projected on the ball. ``group_size=None`` takes the
   whole batch as one group. Pure and jittable.
+
+  Args:
+    objective: the model, the loss and the batch.
+    params: the parameters :math:`w`.
+    rho: the radius of the ball, a number >= 0.
+    group_size: ``None`` (the whole batch) or the examples per group (``m``).
+    ascent_steps: projected normalised ascent steps after the first-order estimate.
+
+  Returns:
+    The mean sharpness over groups, a scalar.
   """
   if group_size is None:
     return _sharpness_of_group(objective, params, rho, ascent_steps)
@@ -57,6 +67,15 @@ def hessian_top_eigenvalue(objective: Objective, params: PyTree, *, key: jax.Arr
   Each iteration is one Hessian-vector product (forward-over-reverse differentiation, the cost
   of about two gradients); the estimate is the Rayleigh quotient :math:`v^\top H v` of the final
   unit vector. Pure and jittable.
+
+  Args:
+    objective: the model, the loss and the batch.
+    params: the parameters at which the Hessian is taken.
+    key: a PRNG key for the random starting vector.
+    iterations: power-iteration steps.
+
+  Returns:
+    The eigenvalue estimate, a scalar.
   """
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))

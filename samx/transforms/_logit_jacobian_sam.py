@@ -46,6 +46,26 @@ def logit_sam(
   ``benchmarks/step_cost.py``). Same options as :func:`samx.sam`; the paper studies
   ``group_size=1`` (1-SAM).
 
+  Args:
+    rho: the radius of the ascent step, a number >= 0 or an optax schedule of the transform's
+      own step count.
+    adaptive: use ASAM's scale-invariant ascent step (:func:`samx.sam`).
+    eta: ASAM's offset in :math:`T = |w| + \eta`.
+    group_size: examples per group for m-sharpness (``1``: the paper's 1-SAM; ``None``: the
+      whole batch). Must divide the batch.
+    groups_in_parallel: with ``group_size``, how many groups are vmapped at once (``None``:
+      all).
+    groups_unroll: the ``unroll`` of the scan over chunks of groups (``True``: fully).
+    axis_name: the ``pmap``/``shard_map`` axis to average the gradients over.
+    perturb_mask: the parameters to perturb (optax mask convention; ``None``: all).
+    adaptive_mask: with ``adaptive=True``, the parameters scaled by ``|w| + eta``.
+    group_path: with ``group_size``, ``"layers"`` or ``"vmap"`` (see :func:`samx.sam`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
+    objective)`` takes a :class:`samx.Objective` for the current batch, with a
+    :class:`samx.SAMState`. Non-finite steps follow :func:`samx.sam`'s rule.
+
   References:
     Baek, Kolter, Raghunathan, `Why is SAM Robust to Label Noise?
     <https://arxiv.org/abs/2405.03676>`_, ICLR 2024.
@@ -100,6 +120,26 @@ def jacobian_sam(
   SAM costs; otherwise it runs one more forward pass, which XLA merges with the caller's
   identical one only sometimes (on the MLP of ``benchmarks/step_cost.py``, not on the ResNet).
   Same options as :func:`samx.sam`; the paper studies ``group_size=1`` (1-SAM).
+
+  Args:
+    rho: the radius of the ascent step, a number >= 0 or an optax schedule of the transform's
+      own step count.
+    adaptive: use ASAM's scale-invariant ascent step (:func:`samx.sam`).
+    eta: ASAM's offset in :math:`T = |w| + \eta`.
+    group_size: examples per group for m-sharpness (``1``: the paper's 1-SAM; ``None``: the
+      whole batch). Must divide the batch.
+    groups_in_parallel: with ``group_size``, how many groups are vmapped at once (``None``:
+      all).
+    groups_unroll: the ``unroll`` of the scan over chunks of groups (``True``: fully).
+    axis_name: the ``pmap``/``shard_map`` axis to average the gradients over.
+    perturb_mask: the parameters to perturb (optax mask convention; ``None``: all).
+    adaptive_mask: with ``adaptive=True``, the parameters scaled by ``|w| + eta``.
+    group_path: with ``group_size``, ``"layers"`` or ``"vmap"`` (see :func:`samx.sam`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
+    objective)`` takes a :class:`samx.Objective` for the current batch, with a
+    :class:`samx.SAMState`. Non-finite steps follow :func:`samx.sam`'s rule.
 
   References:
     Baek, Kolter, Raghunathan, `Why is SAM Robust to Label Noise?

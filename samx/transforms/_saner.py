@@ -40,7 +40,24 @@ class SANERState(NamedTuple):
 
 
 def linear_beta_schedule(alpha: float, warmup_steps: int) -> Callable[[jax.Array], jax.Array]:
-  """SANER's weight of group B: linear from 1 at step 0 to ``alpha`` at ``warmup_steps``."""
+  r"""SANER's weight of group B, step by step: linear from 1 at step 0 to ``alpha`` at
+  ``warmup_steps``, then ``alpha``:
+  :math:`\beta_t = 1 + (\alpha - 1) \min(t / k, 1)`. :func:`samx.saner` uses it unless given
+  ``beta_schedule``; :func:`saner_beta_schedule` is the authors' once-per-epoch form.
+
+  Args:
+    alpha: the final weight of group B (SANER's default 0.5).
+    warmup_steps: :math:`k`, the steps of the ramp (``0``: ``alpha`` from the first step).
+
+  Returns:
+    A schedule ``count -> beta`` (float32), usable wherever optax takes a schedule.
+
+  Example:
+    >>> import samx
+    >>> beta = samx.linear_beta_schedule(0.5, warmup_steps=10)
+    >>> [round(float(beta(t)), 2) for t in (0, 5, 10, 20)]
+    [1.0, 0.75, 0.5, 0.5]
+  """
 
   def beta(count: jax.Array) -> jax.Array:
     progress = jnp.minimum(count / max(warmup_steps, 1), 1.0) if warmup_steps else 1.0

@@ -355,6 +355,18 @@ def group_plan(
   (GSAM's, SANER's per-group rules) every leaf takes the vmap path, as each group's whole
   gradient is needed.
 
+  Args:
+    objective: the model, the loss and a batch (its shapes are what matter).
+    params: the parameters.
+    group_size: the examples per group, which must divide the batch.
+    adaptive: ASAM's ascent step, as in :func:`samx.sam`.
+    eta: ASAM's offset.
+    perturb_mask: the perturbed parameters (optax mask convention).
+    adaptive_mask: with ``adaptive``, the parameters scaled by ``|w| + eta``.
+
+  Returns:
+    A :class:`samx.GroupPlan`; ``print`` it for a table of the leaves.
+
   Example:
     >>> import jax, jax.numpy as jnp, samx
     >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}

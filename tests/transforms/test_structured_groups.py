@@ -328,6 +328,10 @@ class ConvBatchNormNet(nnx.Module):
     kw = {"dtype": jnp.float64, "param_dtype": jnp.float64, "rngs": rngs}
     self.conv = nnx.Conv(2, 4, (3, 3), strides=(2, 2), **kw)
     self.norm = nnx.BatchNorm(4, **kw)
+    # Flax keeps BatchNorm's running statistics in float32 whatever param_dtype says; writing
+    # float64 batch statistics into them is a scatter that JAX will refuse. Keep them float64.
+    for stat in (self.norm.mean, self.norm.var):
+      stat.value = stat.value.astype(jnp.float64)
     self.head = nnx.Linear(4, 3, **kw)
 
   def __call__(self, x):
