@@ -95,11 +95,11 @@ def importance_weights(objective: Objective, params: PyTree, rho: float,
     ...      < samx.analysis.gini_coefficient(weights.real))
     True
   """
-  real = residual_norms(objective, objective.apply_fn(params, objective.inputs))
+  real = residual_norms(objective, objective.apply(params))
 
   def phantom_of(group: Objective) -> jax.Array:
     eps = sam_perturbation(group.grad(params), params, jnp.asarray(rho, jnp.float32))
-    outputs = group.apply_fn(_tree.add(params, eps), group.inputs)
+    outputs = group.apply(_tree.add(params, eps))
     return residual_norms(group, outputs)
 
   if group_size is None:

@@ -37,9 +37,9 @@ def logit_weights(objective: Objective, params: PyTree, rho: float) -> jax.Array
   """
 
   def one_example(example: Objective) -> jax.Array:
-    clean_outputs = example.apply_fn(params, example.inputs)
+    clean_outputs = example.apply(params)
     eps = sam_perturbation(example.grad(params), params, jnp.asarray(rho))
-    perturbed_outputs = example.apply_fn(_tree.add(params, eps), example.inputs)
+    perturbed_outputs = example.apply(_tree.add(params, eps))
     before = residual_norms(example, clean_outputs)[0]
     after = residual_norms(example, perturbed_outputs)[0]
     return jnp.where(before > 0, after / jnp.where(before > 0, before, 1.0), 1.0)

@@ -34,9 +34,9 @@ def logit_perturbed_loss(objective: Objective, params: PyTree, apply_perturbed: 
 
   ``apply_perturbed(params, inputs)`` is the model at ``params + eps``.
   """
-  perturbed_outputs = apply_perturbed(params, objective.inputs)
+  perturbed_outputs = apply_perturbed(params, objective.model_inputs)
   residual = _logit_term(objective, jax.lax.stop_gradient(perturbed_outputs))
-  return _tree.vdot(residual, objective.apply_fn(params, objective.inputs))
+  return _tree.vdot(residual, objective.apply(params))
 
 
 def jacobian_perturbed_loss(objective: Objective, params: PyTree, apply_perturbed: ApplyFn
@@ -47,7 +47,7 @@ def jacobian_perturbed_loss(objective: Objective, params: PyTree, apply_perturbe
   """
   clean_outputs = objective.outputs
   if clean_outputs is None:
-    clean_outputs = objective.apply_fn(params, objective.inputs)
+    clean_outputs = objective.apply(params)
   clean_outputs = jax.lax.stop_gradient(clean_outputs)
   residual = _logit_term(objective, clean_outputs)
-  return _tree.vdot(residual, apply_perturbed(params, objective.inputs))
+  return _tree.vdot(residual, apply_perturbed(params, objective.model_inputs))

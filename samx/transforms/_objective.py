@@ -37,6 +37,13 @@ class Objective:
       if the caller has them (e.g. as the aux output of its own ``value_and_grad``). Transforms
       that need the clean outputs (:func:`samx.jacobian_sam`) then use them instead of running
       the model again.
+    rngs: optionally, randomness for the model (a PRNG key, or a pytree of keys such as
+      ``{"dropout": key}``), with no batch axis. The model is then called as
+      ``apply_fn(params, inputs, rngs)``. Every pass of one step sees the same ``rngs``: the
+      clean and the perturbed pass draw the same dropout masks, so the two gradients are of
+      the same function (draw a new key for each step, as for the clean pass). With
+      m-sharpness (:meth:`split_into_groups`) group ``k`` gets ``jax.random.fold_in(key, k)``
+      for each key, in its clean and its perturbed pass alike.
 
   Example:
     >>> import jax.numpy as jnp, samx
@@ -48,6 +55,17 @@ class Objective:
     >>> loss, grads = objective.value_and_grad(jnp.array([0.0, 1.0]))
     >>> float(loss), grads.tolist()
     (1.25, [-0.5, 2.0])
+
+    A model with dropout takes its key through ``rngs``:
+
+    >>> import jax
+    >>> def dropout_model(w, x, key):
+    ...   keep = jax.random.bernoulli(key, 0.5, x.shape)
+    ...   return (jnp.where(keep, x / 0.5, 0.0)) @ w
+    >>> noisy = samx.Objective(dropout_model, lambda out, y: 0.5 * (out - y) ** 2,
+    ...                        jnp.ones((4, 2)), jnp.zeros(4), rngs=jax.random.key(0))
+    >>> noisy.apply(jnp.ones(2)).shape
+    (4,)
   """
 
   apply_fn: ApplyFn = dataclasses.field(metadata={"static": True})
@@ -55,6 +73,26 @@ class Objective:
   inputs: PyTree
   targets: PyTree
   outputs: PyTree = None
+  rngs: PyTree = None
+
+  @property
+  def model_inputs(self) -> PyTree:
+    """What :attr:`model` takes besides the parameters: ``inputs``, or ``(inputs, rngs)``."""
+    return self.inputs if self.rngs is None else (self.inputs, self.rngs)
+
+  @property
+  def model(self) -> ApplyFn:
+    """The model as ``(params, model_inputs) -> outputs``: ``apply_fn`` itself without
+    ``rngs``, else ``apply_fn(params, inputs, rngs)`` from ``model_inputs = (inputs, rngs)``.
+    The transforms trace and shift this function, so the key travels with the inputs."""
+    if self.rngs is None:
+      return self.apply_fn
+    apply_fn = self.apply_fn
+    return lambda params, both: apply_fn(params, both[0], both[1])
+
+  def apply(self, params: PyTree) -> PyTree:
+    """The model's outputs at ``params`` on this batch (with ``rngs`` if given)."""
+    return self.model(params, self.model_inputs)
 
   def check_batch(self, transform: str = "Objective") -> None:
     """Raises ``ValueError`` (naming ``transform``) unless every leaf of ``inputs`` and
@@ -83,7 +121,7 @@ class Objective:
   def losses(self, params: PyTree) -> jax.Array:
     """Per-example losses at ``params``, shape ``(batch,)``."""
     self.batch_size  # noqa: B018 -- checks the batch before the model sees it
-    return self.losses_from_outputs(self.apply_fn(params, self.inputs))
+    return self.losses_from_outputs(self.apply(params))
 
   def losses_from_outputs(self, outputs: PyTree) -> jax.Array:
     """Per-example losses of given model outputs, shape ``(batch,)``."""
@@ -122,7 +160,8 @@ class Objective:
     """The objective with every batch leaf reshaped to ``(batch // group_size, group_size, ...)``.
 
     Mapping :meth:`value_and_grad` over axis 0 of the result (``jax.vmap``) gives each group's
-    own mean loss and gradient, the building block of m-sharpness.
+    own mean loss and gradient, the building block of m-sharpness. ``rngs`` (if any) becomes
+    one key per group, ``jax.random.fold_in(key, k)`` for group ``k``, stacked on axis 0.
 
     Raises:
       ValueError: if ``group_size`` is not a positive integer that divides the batch.
@@ -136,10 +175,14 @@ class Objective:
     def regroup(leaf):
       return jnp.reshape(leaf, (batch // group_size, group_size, *jnp.shape(leaf)[1:]))
 
+    def per_group(key):
+      return jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(batch // group_size))
+
     return dataclasses.replace(
         self, inputs=jax.tree.map(regroup, self.inputs),
         targets=jax.tree.map(regroup, self.targets),
-        outputs=None if self.outputs is None else jax.tree.map(regroup, self.outputs))
+        outputs=None if self.outputs is None else jax.tree.map(regroup, self.outputs),
+        rngs=None if self.rngs is None else jax.tree.map(per_group, self.rngs))
 
   @classmethod
   def from_nnx(

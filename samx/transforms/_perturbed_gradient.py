@@ -28,12 +28,14 @@ ApplyFn = Callable[[PyTree, PyTree], PyTree]
 def loss_at_perturbation(objective: Objective, params: PyTree,
                          apply_perturbed: ApplyFn) -> jax.Array:
   """``L(w + eps)``: its gradient in ``w`` is SAM's ``grad L(w + eps)``."""
-  return jnp.mean(objective.losses_from_outputs(apply_perturbed(params, objective.inputs)))
+  return jnp.mean(objective.losses_from_outputs(apply_perturbed(params,
+                                                                objective.model_inputs)))
 
 
 def _shifted_apply(objective: Objective, eps: PyTree) -> ApplyFn:
   """The model at ``params + eps``."""
-  return lambda params, inputs: objective.apply_fn(_tree.add(params, eps), inputs)
+  model = objective.model
+  return lambda params, inputs: model(_tree.add(params, eps), inputs)
 
 
 def _sum_over_chunks(

@@ -137,8 +137,8 @@ def uses_ghost_norm(layer: Layer) -> bool:
 def plan_groups(objective: Objective, params: PyTree, group_size: int,
                 rule: AscentRule) -> StructuredPlan:
   """Reads the model's layers (traced on one group of ``group_size`` examples)."""
-  one_group = jax.tree.map(lambda x: x[:group_size], objective.inputs)
-  structure = find_layers(objective.apply_fn, params, one_group)
+  one_group = jax.tree.map(lambda x: x[0], objective.split_into_groups(group_size).model_inputs)
+  structure = find_layers(objective.model, params, one_group)
   layers = tuple(layer for layer in structure.layers if rule.is_perturbed(layer.leaf))
   ghost = tuple(uses_ghost_norm(layer) and not rule.is_scaled(layer.leaf) for layer in layers)
   claimed = {layer.leaf for layer in layers}
@@ -207,7 +207,8 @@ def structured_group_sums(
       return hook
 
     hooks = {layer.key: probe_hook(index) for index, layer in enumerate(layers)}
-    outputs = evaluate(structure, assemble(shared_values, copied_values), group.inputs, hooks)
+    outputs = evaluate(structure, assemble(shared_values, copied_values), group.model_inputs,
+                       hooks)
     return jnp.mean(group.losses_from_outputs(outputs)), inputs_seen
 
   def clean_total(shared_values, copied_values, probes):
