@@ -159,7 +159,7 @@ def test_the_readme_recipe_wraps_a_plain_grad_fn(regression):
   def as_objective(grad_fn, params_like):
     def apply_fn(w, _):
       g = jax.lax.stop_gradient(grad_fn(w))
-      return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(w)))[None]
+      return optax.tree.vdot(g, w)[None]
     return samx.Objective(apply_fn, lambda out, _: out, jnp.zeros((1,)), jnp.zeros((1,)))
 
   real = regression.objective()
