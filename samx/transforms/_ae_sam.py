@@ -78,6 +78,8 @@ def ae_sam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
+    ascent_steps: int = 1,
+    ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AE-SAM: SAM where the loss is sharp, SGD elsewhere (Jiang et al. 2023).
 
@@ -111,6 +113,7 @@ def ae_sam(
     adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
       adaptive_mask: as in :func:`samx.sam`, for the SAM steps.
       group_path: as in :func:`samx.sam`.
+    ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``, with an
@@ -143,7 +146,8 @@ def ae_sam(
   threshold = _checked_threshold(total_steps, threshold_start, threshold_end, threshold,
                                  transform=name)
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask, group_path)
+                       perturb_mask, adaptive_mask, group_path, ascent_steps,
+                       ascent_optimizer)
   check_options(options, transform=name)
 
   def init_fn(params: PyTree) -> AESAMState:

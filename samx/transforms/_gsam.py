@@ -40,6 +40,8 @@ def gsam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
+    ascent_steps: int = 1,
+    ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Surrogate Gap Guided SAM: SAM's gradient minus ``alpha`` times the clean gradient's residual.
 
@@ -68,6 +70,7 @@ def gsam(
     adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
       adaptive_mask: as in :func:`samx.sam`.
       group_path: as in :func:`samx.sam`.
+    ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``.
@@ -96,6 +99,7 @@ def gsam(
     return gsam_combination(clean, perturbed, value_at(alpha, state.count)), None
 
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask, group_path)
+                       perturb_mask, adaptive_mask, group_path, ascent_steps,
+                       ascent_optimizer)
   return sharpness_aware_transform(name, rho, options, combination=Combination(SAMState, rule),
                                    combine_per_group=combine_per_group)

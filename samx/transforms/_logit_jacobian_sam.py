@@ -23,6 +23,8 @@ def logit_sam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
+    ascent_steps: int = 1,
+    ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""L-SAM: SAM's perturbation applied to the logit term only (Baek et al. 2024).
 
@@ -60,6 +62,8 @@ def logit_sam(
     perturb_mask: the parameters to perturb (optax mask convention; ``None``: all).
     adaptive_mask: with ``adaptive=True``, the parameters scaled by ``|w| + eta``.
     group_path: with ``group_size``, ``"layers"`` or ``"vmap"`` (see :func:`samx.sam`).
+    ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam` (the intermediate
+      gradients are those of the plain loss; the last point gets this method's gradient).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
@@ -84,7 +88,8 @@ def logit_sam(
     (2,)
   """
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask, group_path)
+                       perturb_mask, adaptive_mask, group_path, ascent_steps,
+                       ascent_optimizer)
   return sharpness_aware_transform("samx.logit_sam", rho, options,
                                    perturbed_loss=logit_perturbed_loss)
 
@@ -101,6 +106,8 @@ def jacobian_sam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
+    ascent_steps: int = 1,
+    ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""J-SAM: SAM's perturbation applied to the network Jacobian only (Baek et al. 2024).
 
@@ -135,6 +142,8 @@ def jacobian_sam(
     perturb_mask: the parameters to perturb (optax mask convention; ``None``: all).
     adaptive_mask: with ``adaptive=True``, the parameters scaled by ``|w| + eta``.
     group_path: with ``group_size``, ``"layers"`` or ``"vmap"`` (see :func:`samx.sam`).
+    ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam` (the intermediate
+      gradients are those of the plain loss; the last point gets this method's gradient).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
@@ -159,6 +168,7 @@ def jacobian_sam(
     True
   """
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask, group_path)
+                       perturb_mask, adaptive_mask, group_path, ascent_steps,
+                       ascent_optimizer)
   return sharpness_aware_transform("samx.jacobian_sam", rho, options,
                                    perturbed_loss=jacobian_perturbed_loss)

@@ -100,6 +100,8 @@ def looksam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
+    ascent_steps: int = 1,
+    ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LookSAM: SAM's second gradient once every ``k`` steps (Liu et al. 2022, Algorithm 1).
 
@@ -133,6 +135,7 @@ def looksam(
     adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
       adaptive_mask: as in :func:`samx.sam`.
       group_path: as in :func:`samx.sam`.
+    ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``, with a
@@ -162,7 +165,8 @@ def looksam(
   check_count("k", k, minimum=1, allow_none=False, transform=name)
   check_number("alpha", alpha, transform=name)
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask, group_path)
+                       perturb_mask, adaptive_mask, group_path, ascent_steps,
+                       ascent_optimizer)
   check_options(options, transform=name)
 
   def init_fn(params: PyTree) -> LookSAMState:

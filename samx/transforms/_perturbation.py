@@ -64,3 +64,44 @@ def masked_perturbation(perturbation: Perturbation, perturbed: list[bool] | None
     return _masks.fill(grads, perturbed, eps)
 
   return perturb
+
+
+# (gradient_at, grads, params, rho) -> eps: several ascent steps, with gradient_at(eps) the
+# gradient of the loss at params + eps and grads the gradient at params.
+Ascent = Callable[[Callable[[PyTree], PyTree], PyTree, PyTree, jax.Array], PyTree]
+
+
+def iterated_ascent(perturbation: Perturbation, steps: int = 1,
+                    optimizer: Any = None) -> Ascent:
+  r"""``steps`` ascent steps, each ``perturbation``'s rule applied at the point reached so far.
+
+  With :math:`g_0 = \nabla L(w)` and :math:`\epsilon_0 = 0`,
+
+  .. math::
+    d_i = g_i \ \text{or}\ -u_i, \quad \epsilon_{i+1} = \epsilon_i + P(d_i), \quad
+    g_{i+1} = \nabla L(w + \epsilon_{i+1}),
+
+  with :math:`P` the perturbation (SAM's :math:`\rho d / \lVert d \rVert`, ASAM's with
+  :math:`T` of :math:`w`, masked), and, with an ``optimizer``, :math:`u_i` its update of
+  :math:`g_i` at :math:`w + \epsilon_i` (the descent convention of optax, negated into an
+  ascent direction as ``optax.contrib.sam`` does with its ``adv_optimizer``), its state
+  initialised afresh at every call. One step without an optimizer is ``perturbation`` itself.
+  """
+
+  def ascend(gradient_at: Callable[[PyTree], PyTree], grads: PyTree, params: PyTree,
+             rho: jax.Array) -> PyTree:
+    state = None if optimizer is None else optimizer.init(params)
+    eps = None
+    for step in range(steps):
+      direction = grads
+      if optimizer is not None:
+        at = params if eps is None else _tree.add(params, eps)
+        update, state = optimizer.update(grads, state, at)
+        direction = jax.tree.map(lambda u, g: (-u).astype(g.dtype), update, grads)
+      move = perturbation(direction, params, rho)
+      eps = move if eps is None else jax.tree.map(jnp.add, eps, move)
+      if step + 1 < steps:
+        grads = gradient_at(eps)
+    return eps
+
+  return ascend

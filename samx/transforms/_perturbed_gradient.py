@@ -11,7 +11,7 @@ import optax
 
 from samx.transforms import _tree
 from samx.transforms._objective import Objective, as_varying
-from samx.transforms._perturbation import Perturbation
+from samx.transforms._perturbation import Ascent, Perturbation
 from samx.transforms._structured_groups import (
     AscentRule,
     PerturbedLoss,
@@ -92,6 +92,7 @@ def clean_and_perturbed_gradients(
     axis_name: Hashable | None = None,
     group_path: str = "layers",
     ascent_rule: AscentRule | None = None,
+    ascent: Ascent | None = None,
 ) -> PyTree:
   """The clean gradient ``g`` and the perturbed gradient ``g_sam`` of one sharpness-aware step.
 
@@ -118,6 +119,11 @@ def clean_and_perturbed_gradients(
   local gradient or already the global one (averaging is then a no-op); under ``shard_map``
   compute them with ``objective.value_and_grad(params, axis_name=...)``.
 
+  ``ascent`` (see ``_perturbation.iterated_ascent``), if given, replaces the single step
+  ``eps = perturbation(g)`` by several steps (each with its own gradient at the point reached,
+  of the plain loss; the group's own with ``group_size``), or by the steps of an optax ascent
+  optimizer. The group gradients then take the vmap path.
+
   ``per_group`` (with ``group_size`` only) maps each group's ``(g_k, g_sam_k)`` to a pytree of
   floating-point arrays, and the result is that pytree's mean over groups (and devices) instead
   of ``(g, g_sam)``: GSAM's and SANER's rules applied per group.
@@ -130,15 +136,21 @@ def clean_and_perturbed_gradients(
   def perturbed_gradient(group: Objective, at: PyTree, eps: PyTree) -> PyTree:
     return jax.grad(perturbed_loss, argnums=1)(group, at, _shifted_apply(group, eps))
 
+  def eps_of(group: Objective, clean: PyTree, mean: Callable[[PyTree], PyTree],
+             at: PyTree) -> PyTree:
+    if ascent is None:
+      return perturbation(clean, at, rho)
+    return ascent(lambda eps: mean(group.grad(_tree.add(local_params, eps))), clean, at, rho)
+
   if group_size is None:
     clean = pmean(grads)
-    eps = perturbation(clean, params, rho)
+    eps = eps_of(objective, clean, pmean, params)
     return clean, pmean(perturbed_gradient(objective, local_params, eps))
 
   grouped = objective.split_into_groups(group_size)
   num_groups = objective.batch_size // group_size
   plan = None
-  if group_path == "layers" and per_group is None and ascent_rule is not None:
+  if group_path == "layers" and per_group is None and ascent_rule is not None and ascent is None:
     plan = plan_groups(objective, local_params, group_size, ascent_rule)
     logger.info("m-sharpness, %s", describe(plan, params, group_size))
     if not plan.layers:
@@ -150,7 +162,8 @@ def clean_and_perturbed_gradients(
     if plan is not None:
       return structured_group_sums(plan, chunk, local_params, rho, perturbed_loss, axis_name)
     clean = jax.vmap(lambda group: group.grad(local_params))(chunk)
-    eps = jax.vmap(perturbation, in_axes=(0, None, None))(clean, local_params, rho)
+    eps = jax.vmap(lambda group, g: eps_of(group, g, lambda tree: tree, local_params))(
+        chunk, clean)
     perturbed = jax.vmap(perturbed_gradient, in_axes=(0, None, 0))(chunk, local_params, eps)
     per_group_results = (clean, perturbed) if per_group is None else jax.vmap(per_group)(
         clean, perturbed)

@@ -22,6 +22,8 @@ def sam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
+    ascent_steps: int = 1,
+    ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-Aware Minimization: replaces the gradient by the gradient at ``w + eps``.
 
@@ -109,6 +111,19 @@ def sam(
       group gradients are never formed per group (see below); every other perturbed leaf gets a
       per-group copy under ``jax.vmap``. ``"vmap"``: every leaf by ``jax.vmap``. Both give the
       same updates (to rounding); :func:`samx.group_plan` shows which leaf takes which path.
+    ascent_steps: how many ascent steps form :math:`\epsilon` (1: SAM's). Step :math:`i + 1`
+      applies the ascent rule (SAM's or ASAM's, masked) to the gradient at
+      :math:`w + \epsilon_i` and adds it, so :math:`\lVert \epsilon \rVert` can reach
+      ``ascent_steps * rho`` (divide ``rho`` for a ball of radius ``rho``). A step then costs
+      ``ascent_steps + 1`` gradient evaluations. The same as ``optax.contrib.sam`` with
+      ``sync_period = ascent_steps + 1`` and its default ``adv_optimizer``
+      (``chain(normalize(), sgd(rho))``), in one ``update``.
+    ascent_optimizer: an optax optimizer whose update, negated, is the ascent direction (the
+      convention of ``optax.contrib.sam``'s ``adv_optimizer``, e.g. ``optax.adam(1.0)`` for
+      Adam's :math:`\hat m / \sqrt{\hat v}`); each of the ``ascent_steps`` steps is that
+      direction scaled by the ascent rule to length ``rho``, and the optimizer's state starts
+      afresh at every ``update``. ``None``: the gradient itself. With ``ascent_steps > 1`` or
+      an ``ascent_optimizer``, groups take the vmap path.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
@@ -143,5 +158,6 @@ def sam(
     0.060
   """
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask, group_path)
+                       perturb_mask, adaptive_mask, group_path, ascent_steps,
+                       ascent_optimizer)
   return sharpness_aware_transform("samx.sam", rho, options)

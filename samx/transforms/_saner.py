@@ -129,6 +129,8 @@ def saner(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
+    ascent_steps: int = 1,
+    ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SANER: Sharpness-Aware Noise-Explicit Reweighting of SAM's gradient (Luong et al. 2024).
 
@@ -177,6 +179,7 @@ def saner(
     adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
       adaptive_mask: as in :func:`samx.sam`.
       group_path: as in :func:`samx.sam`.
+    ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking ``objective=`` in ``update``, with a
@@ -224,7 +227,8 @@ def saner(
         state.group_fractions if fractions is None else fractions))
 
   options = SAMOptions(adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name,
-                       perturb_mask, adaptive_mask, group_path)
+                       perturb_mask, adaptive_mask, group_path, ascent_steps,
+                       ascent_optimizer)
   return sharpness_aware_transform(name, rho, options,
                                    combination=Combination(init, rule, record),
                                    combine_per_group=combine_per_group)

@@ -21,8 +21,10 @@ from samx.transforms._arguments import ArgumentError, check_count, check_flag, c
 from samx.transforms._composition import warn_about_composition
 from samx.transforms._objective import Objective
 from samx.transforms._perturbation import (
+  Ascent,
   Perturbation,
   asam_perturbation,
+  iterated_ascent,
   masked_perturbation,
   sam_perturbation,
 )
@@ -65,6 +67,16 @@ class SAMOptions:
   perturb_mask: _masks.Mask = None
   adaptive_mask: _masks.Mask = None
   group_path: str = "layers"
+  ascent_steps: int = 1
+  ascent_optimizer: optax.GradientTransformation | None = None
+
+  def ascent(self, params: PyTree, *, transform: str) -> Ascent | None:
+    """The ascent of ``ascent_steps`` steps (with ``ascent_optimizer``), or ``None`` for the
+    single step of :meth:`perturbation`."""
+    if self.ascent_steps == 1 and self.ascent_optimizer is None:
+      return None
+    return iterated_ascent(self.perturbation(params, transform=transform), self.ascent_steps,
+                           self.ascent_optimizer)
 
   def ascent_rule(self, params: PyTree, *, transform: str) -> AscentRule:
     """The same ascent step as :meth:`perturbation`, as flags per leaf of ``params``."""
@@ -113,6 +125,15 @@ def check_options(options: SAMOptions, *, transform: str) -> None:
         "group_path",
         f"{transform}: `group_path` must be one of {', '.join(map(repr, GROUP_PATHS))}; got "
         f"{options.group_path!r}.")
+  check_count("ascent_steps", options.ascent_steps, minimum=1, allow_none=False,
+              transform=transform)
+  optimizer = options.ascent_optimizer
+  if optimizer is not None and not (callable(getattr(optimizer, "init", None))
+                                    and callable(getattr(optimizer, "update", None))):
+    raise ArgumentError(
+        "ascent_optimizer",
+        f"{transform}: `ascent_optimizer` must be an optax GradientTransformation (with init "
+        f"and update), e.g. optax.adam(1.0); got {optimizer!r}.")
   if options.groups_in_parallel is not None and options.group_size is None:
     raise ArgumentError(
         "groups_in_parallel", f"{transform}: `groups_in_parallel` needs `group_size` to be set.")
@@ -326,7 +347,8 @@ def sharpness_aware_gradients(
       group_size=options.group_size, groups_in_parallel=options.groups_in_parallel,
       groups_unroll=options.groups_unroll, axis_name=options.axis_name,
       group_path=options.group_path,
-      ascent_rule=options.ascent_rule(params, transform=transform))
+      ascent_rule=options.ascent_rule(params, transform=transform),
+      ascent=options.ascent(params, transform=transform))
 
 
 def check_combine_per_group(combine_per_group: Any, options: SAMOptions, *, transform: str
