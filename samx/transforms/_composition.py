@@ -29,11 +29,25 @@ class CompositionWarning(UserWarning):
 _warned: set[tuple[str, str]] = set()
 
 
+_LIBRARIES = ("samx", "optax", "jax", "flax", "chex")
+
+
+def _caller_stacklevel() -> int:
+  """The ``stacklevel`` of the first frame outside samx and the libraries it runs in (the
+  user's call of ``update``), so the warning points at the user's code."""
+  frame, level = sys._getframe(2), 2
+  while frame is not None:
+    if str(frame.f_globals.get("__name__", "")).split(".")[0] not in _LIBRARIES:
+      return level
+    frame, level = frame.f_back, level + 1
+  return 2
+
+
 def _warn_once(transform: str, kind: str, message: str) -> None:
   if (transform, kind) in _warned:
     return
   _warned.add((transform, kind))
-  warnings.warn(message, CompositionWarning, stacklevel=4)
+  warnings.warn(message, CompositionWarning, stacklevel=_caller_stacklevel())
 
 
 def _multi_steps_type() -> type | None:

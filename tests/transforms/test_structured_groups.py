@@ -331,7 +331,7 @@ class ConvBatchNormNet(nnx.Module):
     # Flax keeps BatchNorm's running statistics in float32 whatever param_dtype says; writing
     # float64 batch statistics into them is a scatter that JAX will refuse. Keep them float64.
     for stat in (self.norm.mean, self.norm.var):
-      stat.value = stat.value.astype(jnp.float64)
+      stat.set_value(stat[...].astype(jnp.float64))
     self.head = nnx.Linear(4, 3, **kw)
 
   def __call__(self, x):
