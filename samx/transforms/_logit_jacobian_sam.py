@@ -131,19 +131,8 @@ def jacobian_sam(
   Args:
     rho: the radius of the ascent step, a number >= 0 or an optax schedule of the transform's
       own step count.
-    adaptive: use ASAM's scale-invariant ascent step (:func:`samx.sam`).
-    eta: ASAM's offset in :math:`T = |w| + \eta`.
-    group_size: examples per group for m-sharpness (``1``: the paper's 1-SAM; ``None``: the
-      whole batch). Must divide the batch.
-    groups_in_parallel: with ``group_size``, how many groups are vmapped at once (``None``:
-      all).
-    groups_unroll: the ``unroll`` of the scan over chunks of groups (``True``: fully).
-    axis_name: the ``pmap``/``shard_map`` axis to average the gradients over.
-    perturb_mask: the parameters to perturb (optax mask convention; ``None``: all).
-    adaptive_mask: with ``adaptive=True``, the parameters scaled by ``|w| + eta``.
-    group_path: with ``group_size``, ``"layers"`` or ``"vmap"`` (see :func:`samx.sam`).
-    ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam` (the intermediate
-      gradients are those of the plain loss; the last point gets this method's gradient).
+    adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
+      adaptive_mask, group_path, ascent_steps, ascent_optimizer: as in :func:`samx.logit_sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,

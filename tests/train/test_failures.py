@@ -63,6 +63,11 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, monkey
   assert summary["status"] == "diverged"
   assert (summary["diverged_at_step"], summary["diverged_in_epoch"]) == (13, 2)
   assert error.value.step == 13 and error.value.epoch == 2
+  # resuming a diverged run says so (exit 3) rather than diverging again
+  assert cli.main(["train", "--no-progress", "--resume", str(run_dir)]) == 3
+  # and a new request into it is refused without --overwrite
+  with pytest.raises(train.RunDirectoryError, match="a run that diverged"):
+    train.run(small(epochs=1), run_dir, log=None)
   assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
 
 

@@ -113,9 +113,9 @@ def test_every_transform_takes_the_ascent_options():
   problem = LinearRegression()
   obj = objective_of(problem)
   params = split(problem.w)
-  for make in (samx.sam, samx.logit_sam, samx.jacobian_sam,
+  # one of each code path: the shared transform (SAM, L-SAM, SANER), LookSAM, AE-SAM
+  for make in (samx.sam, samx.logit_sam,
                lambda rho, **kw: samx.saner(rho, warmup_steps=2, **kw),
-               lambda rho, **kw: samx.gsam(rho, alpha=0.1, **kw),
                lambda rho, **kw: samx.looksam(rho, k=1, **kw),
                lambda rho, **kw: samx.ae_sam(rho, threshold=lambda c: -1e9, **kw)):
     tx = make(RHO, ascent_steps=2, ascent_optimizer=optax.sgd(1.0))

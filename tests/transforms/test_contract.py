@@ -186,12 +186,16 @@ def test_looksam_at_rho_zero_is_sgd():
   obj = objective()
   looksam = optax.chain(samx.looksam(0.0, k=5), optax.sgd(0.1))
   sgd = optax.sgd(0.1)
+
+  @jax.jit
+  def steps(w_l, s_l, w_s, s_s):
+    u, s_l = looksam.update(obj.grad(w_l), s_l, w_l, objective=obj)
+    v, s_s = sgd.update(obj.grad(w_s), s_s, w_s)
+    return optax.apply_updates(w_l, u), s_l, optax.apply_updates(w_s, v), s_s
+
   w_l, s_l, w_s, s_s = W0, looksam.init(W0), W0, sgd.init(W0)
   for _ in range(12):
-    u, s_l = looksam.update(obj.grad(w_l), s_l, w_l, objective=obj)
-    w_l = optax.apply_updates(w_l, u)
-    u, s_s = sgd.update(obj.grad(w_s), s_s, w_s)
-    w_s = optax.apply_updates(w_s, u)
+    w_l, s_l, w_s, s_s = steps(w_l, s_l, w_s, s_s)
   np.testing.assert_allclose(w_l, w_s, rtol=1e-6, atol=1e-7)
   assert float(jnp.max(jnp.abs(s_l[0].orthogonal_gradient))) == 0.0
 
