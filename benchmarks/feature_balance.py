@@ -127,7 +127,7 @@ class Prober:
 
 def run_one(config: train.Config, directory: pathlib.Path, prober: Prober) -> dict:
   """The run's history and summary: read back if finished, else trained (again)."""
-  if (directory / "summary.json").exists() and (
+  if train.inspect_run(directory).kind == "finished" and (
       train.to_dict(train.load_run_config(directory)) == train.to_dict(config)):
     history = [json.loads(line) for line in (directory / "metrics.jsonl").read_text()
                .splitlines()]

@@ -176,7 +176,7 @@ def histories(setting_dir: pathlib.Path) -> dict[str, list[list[dict]]]:
   """Each optimizer's per-epoch metrics, one list per seed, from a setting's run directories."""
   found: dict[str, list[list[dict]]] = {}
   for metrics in sorted(setting_dir.glob("seed*/*/metrics.jsonl")):
-    if (metrics.parent / "summary.json").exists():
+    if train.inspect_run(metrics.parent).kind == "finished":  # not a diverged one
       found.setdefault(metrics.parent.name, []).append(
           [json.loads(line) for line in metrics.read_text().splitlines()])
   return found

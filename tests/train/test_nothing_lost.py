@@ -136,19 +136,26 @@ def test_a_kill_while_resuming_rewrites_nothing_half(killed_after_epoch_three, r
   assert_same_as_reference(run_dir, result, reference)
 
 
-@pytest.mark.parametrize("name", ["metrics.jsonl", pytest.param("samx-checksums.json", marks=SLOW),
+def inject(monkeypatch, fault):
+  """``SAMX_FAULT_INJECTION=fault`` for this process, its write counts from zero."""
+  monkeypatch.setenv(files.FAULT_VARIABLE, fault)
+  monkeypatch.setattr(files, "_write_counts", {})
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "samx-checksums.json",
                                   pytest.param("summary.json", marks=SLOW)])
-def test_a_full_disk_names_the_file_and_the_run_resumes_once_space_is_freed(tmp_path, reference,
-                                                                          name):
+def test_a_full_disk_names_the_file_and_the_run_resumes_once_space_is_freed(
+    tmp_path, reference, name, monkeypatch, capsys):
   run_dir = tmp_path / "run"
-  full = samx(cli_args(run_dir), fault=f"enospc:{name}:partial:3" if name == "metrics.jsonl"
-              else f"enospc:{name}:partial:2" if name != "summary.json"
-              else f"enospc:{name}:partial")
-  assert full.returncode == 1, full.stderr
-  assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
+  inject(monkeypatch, f"enospc:{name}:partial:3" if name == "metrics.jsonl"
+         else f"enospc:{name}:partial:2" if name != "summary.json" else f"enospc:{name}:partial")
+  assert cli.main(cli_args(run_dir)) == 1
+  monkeypatch.delenv(files.FAULT_VARIABLE)
+  err = capsys.readouterr().err
+  assert "No space left on device" in err and "Traceback" not in err
   shown = "checkpoint" if name == "samx-checksums.json" else str(run_dir / name)
-  assert shown in full.stderr
-  assert "--resume" in full.stderr or "run the same command again" in full.stderr
+  assert shown in err
+  assert "--resume" in err or "run the same command again" in err
   if name == "samx-checksums.json":  # the failed save stopped training at the next epoch end
     assert len(history(run_dir)) <= 3
   result, _ = resume(run_dir)
@@ -186,10 +193,15 @@ def test_atomic_writes_keep_permissions_and_leave_no_temporary(tmp_path, monkeyp
 
 def test_a_second_writer_is_refused_at_once_naming_the_holder(tmp_path):
   run_dir = tmp_path / "run"
+  # another process that holds the lock as samx.train.run_lock does (flock, holder recorded),
+  # without importing JAX
+  run_dir.mkdir()
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from samx.train import run_lock; "
-       "run_lock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
-       str(run_dir)], stdout=subprocess.PIPE, text=True)
+      [sys.executable, "-c", "import fcntl, os, socket, sys, time; "
+       "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+       "os.write(fd, f'process {os.getpid()} on {socket.gethostname()} (a test)'.encode()); "
+       "print('locked', flush=True); time.sleep(60)", str(run_dir / run_lock.LOCK_FILE)],
+      stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "locked"
     started = time.monotonic()
@@ -238,10 +250,15 @@ def test_leftover_orbax_temporary_directories_are_removed_on_resume(killed_after
 
 @pytest.fixture(scope="module")
 def killed_at_the_end(tmp_path_factory):
-  """A run killed while writing its summary: three epochs and their checkpoints, unfinished."""
+  """A run stopped while writing its summary (a full disk, in this process): three epochs and
+  their checkpoints, unfinished."""
   run_dir = tmp_path_factory.mktemp("killed") / "run"
-  assert samx(cli_args(run_dir), fault="kill:summary.json:partial").returncode == -9
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    inject(monkeypatch, "enospc:summary.json:partial")
+    with pytest.raises(files.RunFileError):
+      train.run(config(), run_dir, log=None)
   assert checkpoints.saved_epochs(run_dir) == [1, 2, 3]
+  assert not (run_dir / "summary.json").exists()
   return run_dir
 
 
