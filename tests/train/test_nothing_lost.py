@@ -142,7 +142,7 @@ def inject(monkeypatch, fault):
   monkeypatch.setattr(files, "_write_counts", {})
 
 
-@pytest.mark.parametrize("name", ["metrics.jsonl", "samx-checksums.json",
+@pytest.mark.parametrize("name", ["metrics.jsonl", pytest.param("samx-checksums.json", marks=SLOW),
                                   pytest.param("summary.json", marks=SLOW)])
 def test_a_full_disk_names_the_file_and_the_run_resumes_once_space_is_freed(
     tmp_path, reference, name, monkeypatch, capsys):
@@ -413,6 +413,7 @@ def test_a_damaged_config_json_is_named(tmp_path, capsys, content, problem):
   assert problem in capsys.readouterr().err
 
 
+@SLOW
 def test_a_damaged_summary_json_says_what_to_do(tmp_path, capsys):
   run_dir = tmp_path / "run"
   train.run(config("epochs=1"), run_dir, log=None)

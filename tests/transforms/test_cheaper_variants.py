@@ -344,6 +344,7 @@ def test_first_in_a_chain_with_weight_decay_and_momentum(problem, name):
   assert int(state[0].count) == STEPS
 
 
+@pytest.mark.filterwarnings("ignore::samx.CompositionWarning")  # on purpose here
 @pytest.mark.parametrize("name", sorted(CHEAPER))
 def test_inside_multisteps_on_repeated_microbatches(problem, name):
   # Two calls per optimizer step on the same batch: the inner transform sees their mean, the

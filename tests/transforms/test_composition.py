@@ -43,6 +43,7 @@ def test_chain_with_transforms_after(logistic, name):
   np.testing.assert_allclose(p_chain, p_manual, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore::samx.CompositionWarning")  # on purpose here
 def test_chain_with_a_transform_before_shapes_the_ascent_direction(logistic):
   # A positive rescaling before SAM leaves eps (a unit direction) unchanged...
   objective = logistic.objective()
@@ -66,6 +67,7 @@ def test_chain_passes_other_extra_args_through(logistic):
   assert updates.shape == params.shape
 
 
+@pytest.mark.filterwarnings("ignore::samx.CompositionWarning")  # on purpose here
 def test_multisteps_around_sam_on_repeated_microbatches_is_one_sam_step(logistic):
   objective = logistic.objective()
   params = jnp.asarray(logistic.w, jnp.float32)
