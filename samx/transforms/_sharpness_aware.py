@@ -254,6 +254,20 @@ def valid_radius(rho: ScalarOrSchedule, count: jax.Array) -> jax.Array | bool:
   return jnp.isfinite(value) & (value >= 0)
 
 
+def nan_unless(finite: jax.Array | bool, tree: PyTree) -> PyTree:
+  """``tree`` if ``finite``, else NaN in every entry."""
+  if finite is True:
+    return tree
+  return jax.tree.map(lambda u: jnp.where(finite, u, jnp.nan).astype(u.dtype), tree)
+
+
+def keep_state_unless(finite: jax.Array | bool, new_state: Any, old_state: Any) -> Any:
+  """``new_state`` if ``finite``, else ``old_state`` (count included)."""
+  if finite is True:
+    return new_state
+  return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
+
+
 def nonfinite_rule(finite: jax.Array | bool, update: PyTree, new_state: Any, old_state: Any
                    ) -> tuple[PyTree, Any]:
   """samx's one rule for a step that cannot be taken: ``(update, state)`` as they are if
@@ -263,11 +277,7 @@ def nonfinite_rule(finite: jax.Array | bool, update: PyTree, new_state: Any, old
   ``finite`` is false when the clean gradient the step uses, the perturbed gradient, the
   update, or a value of a schedule (``rho`` < 0, NaN) is not finite.
   """
-  if finite is True:
-    return update, new_state
-  update = jax.tree.map(lambda u: jnp.where(finite, u, jnp.nan).astype(u.dtype), update)
-  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
-  return update, state
+  return nan_unless(finite, update), keep_state_unless(finite, new_state, old_state)
 
 
 def sharpness_aware_transform(
@@ -320,11 +330,17 @@ def sharpness_aware_transform(
         transform, rho, options, objective, params, updates, state.count,
         perturbed_loss=perturbed_loss, per_group=per_group)
     if combine_per_group:
-      (combined, stats), used = gradients, ()
+      combined, stats = gradients
+      finite = _tree.all_finite((combined, stats))
     else:
-      (combined, stats), used = combination.rule(*gradients, state), gradients
-    finite = (_tree.all_finite((combined, stats, used))
-              & valid_radius(rho, state.count))
+      clean, perturbed = gradients
+      combined, stats = combination.rule(clean, perturbed, state)
+      # Checked on the rule's inputs rather than its output (which XLA would then hold once
+      # more before the final select; measured in benchmarks/step_cost.py). The clean
+      # gradient's norm is the ascent step's own reduction (XLA computes it once); it is not
+      # finite for a non-finite gradient, or one whose norm overflows.
+      finite = jnp.isfinite(_tree.global_norm(clean)) & _tree.all_finite(perturbed)
+    finite = finite & valid_radius(rho, state.count)
     new_state = combination.record(state, stats)
     new_state = new_state._replace(count=optax.safe_increment(state.count))
     return nonfinite_rule(finite, combined, new_state, state)
