@@ -274,8 +274,8 @@ def nonfinite_rule(finite: jax.Array | bool, update: PyTree, new_state: Any, old
   ``finite``, else an update that is NaN in every entry and the state as it was before the step
   (its count included), so that nothing non-finite enters any transform's state.
 
-  ``finite`` is false when the clean gradient the step uses, the perturbed gradient, the
-  update, or a value of a schedule (``rho`` < 0, NaN) is not finite.
+  ``finite`` is false when the clean gradient the step uses (or its norm), the perturbed
+  gradient, or a value of a schedule (``rho`` < 0, NaN) is not finite.
   """
   return nan_unless(finite, update), keep_state_unless(finite, new_state, old_state)
 
