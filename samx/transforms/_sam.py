@@ -75,8 +75,8 @@ def sam(
   Non-finite steps, the rule of every samx transform: if the step's clean gradient (the
   incoming ``updates``; with ``group_size``, the group gradients formed here, the incoming ones
   being unused; also one so large that its norm overflows), its perturbed gradient or the value
-  of a schedule (``rho`` < 0 or NaN) is not finite, the update is NaN in every entry and the state is returned as it was,
-  count included. Guard the step with ``optax.apply_if_finite`` placed after this transform
+  of a schedule (``rho`` < 0 or NaN) is not finite, the update is NaN in every entry and the
+  state is returned as it was, count included. Guard the step with ``optax.apply_if_finite`` placed after this transform
   (around the whole chain it only sees the incoming gradient); the skipped step then leaves no
   trace.
 
