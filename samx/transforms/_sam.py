@@ -76,9 +76,9 @@ def sam(
   incoming ``updates``; with ``group_size``, the group gradients formed here, the incoming ones
   being unused; also one so large that its norm overflows), its perturbed gradient or the value
   of a schedule (``rho`` < 0 or NaN) is not finite, the update is NaN in every entry and the
-  state is returned as it was, count included. Guard the step with ``optax.apply_if_finite`` placed after this transform
-  (around the whole chain it only sees the incoming gradient); the skipped step then leaves no
-  trace.
+  state is returned as it was, count included. Guard the step with ``optax.apply_if_finite``
+  placed after this transform (around the whole chain it only sees the incoming gradient); the
+  skipped step then leaves no trace.
 
   Composition: whatever comes before this transform in a chain (``clip_by_global_norm``, a
   scaling) changes only the direction of :math:`\epsilon`, since the update is a gradient
