@@ -46,8 +46,8 @@ def sam(
   the gradients at its output), so its norm is :math:`\langle A_k A_k^\top, D_k D_k^\top
   \rangle` and the layer's output at :math:`W + c_k G_k` is :math:`\tilde A W + c_k (\tilde A
   A_k^\top) D_k`: exact m-sharpness costs about two forward and backward passes and no
-  per-example weights (``group_path="layers"``; 1-SAM at 1.1-1.3x SGD's step time on an MLP,
-  3-4.4x on convnets, see ``benchmarks/README.md``). The groups are evaluated with
+  per-example weights (``group_path="layers"``; 1-SAM at about SAM's step time on an MLP,
+  3-4.4x SGD's on convnets, see ``benchmarks/README.md``). The groups are evaluated with
   ``jax.vmap`` (``groups_in_parallel`` of them at a time, all by default).
 
   ``perturb_mask`` restricts the ascent step to some parameters: :math:`\epsilon` is formed from

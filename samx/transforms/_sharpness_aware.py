@@ -337,9 +337,13 @@ def sharpness_aware_transform(
       combined, stats = combination.rule(clean, perturbed, state)
       # Checked on the rule's inputs rather than its output (which XLA would then hold once
       # more before the final select; measured in benchmarks/step_cost.py). The clean
-      # gradient's norm is the ascent step's own reduction (XLA computes it once); it is not
-      # finite for a non-finite gradient, or one whose norm overflows.
-      finite = jnp.isfinite(_tree.global_norm(clean)) & _tree.all_finite(perturbed)
+      # gradient's norm over the perturbed leaves is the ascent step's own reduction (XLA
+      # computes it once, and still drops the caller's backward pass to the other leaves,
+      # which SAM-ON never uses); it is not finite for a non-finite gradient, or one whose
+      # norm overflows.
+      used = _masks.select(clean, _masks.mask_leaves("perturb_mask", options.perturb_mask,
+                                                     params, transform=transform))
+      finite = jnp.isfinite(_tree.global_norm(used)) & _tree.all_finite(perturbed)
     finite = finite & valid_radius(rho, state.count)
     new_state = combination.record(state, stats)
     new_state = new_state._replace(count=optax.safe_increment(state.count))
