@@ -265,7 +265,7 @@ class Checkpoints:
           if unverified:
             say(f"the checkpoint of epoch {epoch} has no checksums (written by an earlier "
                 f"samx); restored without verifying it")
-          if problems and self._writer:
+          if problems:  # every process reads the directory anew
             self._manager.reload()
           return epoch, state
       problems.append((epoch, problem))

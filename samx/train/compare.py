@@ -16,14 +16,7 @@ from samx.train.errors import ConfigError, RunDirectoryError, TrainingDivergedEr
 from samx.train.files import remove_temporaries, write_atomic
 from samx.train.loop import RunResult, finished_run, run
 from samx.train.methods import METHODS
-from samx.train.run_dir import (
-    inspect_run,
-    is_writer,
-    load_run_config,
-    read_history,
-    read_summary,
-    strict_json,
-)
+from samx.train.run_dir import inspect_run, is_writer, strict_json
 
 TABLE_COLUMNS = (
     ("optimizer", "{}"), ("best test acc", "{:.3f}"), ("at epoch", "{}"),
@@ -69,7 +62,8 @@ def parse_optimizer_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def _row(label: str, summary: dict[str, Any]) -> list[str]:
-  """One row of the table; a diverged run's final columns read ``diverged@STEP``."""
+  """One row of the table; a diverged run's label says at which step, and its final columns
+  (those of a diverged network) are left blank."""
   diverged = summary.get("status") == "diverged"
   if diverged:
     label = f"{label} (diverged at step {summary.get('diverged_at_step')})"
@@ -243,11 +237,6 @@ def compare(
     return _compare(config, configs, out_dir, plan, progress, log)
 
 
-def _diverged_result(run_dir: pathlib.Path) -> RunResult:
-  return RunResult(read_history(run_dir), read_summary(run_dir), None, load_run_config(run_dir),
-                   run_dir)
-
-
 def _compare(config: Config, configs: dict[str, Config], out_dir: pathlib.Path | None,
              plan: dict[str, str], progress: bool, log: Callable[[str], None] | None
              ) -> dict[str, RunResult]:
@@ -261,7 +250,7 @@ def _compare(config: Config, configs: dict[str, Config], out_dir: pathlib.Path |
       results[label] = finished_run(run_dir)
       continue
     if action == "diverged":
-      results[label] = _diverged_result(run_dir)
+      results[label] = finished_run(run_dir)
       diverged[label] = results[label].summary.get("diverged_at_step")
       say(f"{run_dir} diverged at step {diverged[label]} before; not trained again "
           f"(--retry-diverged does)")
@@ -273,7 +262,7 @@ def _compare(config: Config, configs: dict[str, Config], out_dir: pathlib.Path |
     except TrainingDivergedError as error:
       say(f"samx: {error}")
       diverged[label] = error.step
-      results[label] = (_diverged_result(run_dir) if run_dir is not None else
+      results[label] = (finished_run(run_dir) if run_dir is not None else
                         RunResult([], {"status": "diverged", "diverged_at_step": error.step},
                                   None, run_config, None))
   summaries = {label: result.summary for label, result in results.items()}

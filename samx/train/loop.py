@@ -56,7 +56,8 @@ def method_label(config: Config) -> str:
 
 
 def finished_run(run_dir: str | pathlib.Path) -> RunResult:
-  """The :class:`RunResult` of a finished run directory, read back (``state`` is ``None``)."""
+  """The :class:`RunResult` of an ended (finished or diverged) run directory, read back
+  (``state`` is ``None``)."""
   return RunResult(read_history(run_dir), read_summary(run_dir), None,
                    load_run_config(run_dir), pathlib.Path(run_dir))
 

@@ -254,20 +254,6 @@ def valid_radius(rho: ScalarOrSchedule, count: jax.Array) -> jax.Array | bool:
   return jnp.isfinite(value) & (value >= 0)
 
 
-def nan_unless(finite: jax.Array | bool, tree: PyTree) -> PyTree:
-  """``tree`` if ``finite``, else NaN in every entry."""
-  if finite is True:
-    return tree
-  return jax.tree.map(lambda u: jnp.where(finite, u, jnp.nan).astype(u.dtype), tree)
-
-
-def keep_state_unless(finite: jax.Array | bool, new_state: Any, old_state: Any) -> Any:
-  """``new_state`` if ``finite``, else ``old_state`` (count included)."""
-  if finite is True:
-    return new_state
-  return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
-
-
 def nonfinite_rule(finite: jax.Array | bool, update: PyTree, new_state: Any, old_state: Any
                    ) -> tuple[PyTree, Any]:
   """samx's one rule for a step that cannot be taken: ``(update, state)`` as they are if
@@ -277,7 +263,11 @@ def nonfinite_rule(finite: jax.Array | bool, update: PyTree, new_state: Any, old
   ``finite`` is false when the clean gradient the step uses (or its norm), the perturbed
   gradient, or a value of a schedule (``rho`` < 0, NaN) is not finite.
   """
-  return nan_unless(finite, update), keep_state_unless(finite, new_state, old_state)
+  if finite is True:
+    return update, new_state
+  update = jax.tree.map(lambda u: jnp.where(finite, u, jnp.nan).astype(u.dtype), update)
+  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
+  return update, state
 
 
 def sharpness_aware_transform(

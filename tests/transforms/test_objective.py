@@ -156,7 +156,7 @@ def test_rngs_work_with_every_transform():
 
 def test_the_readme_recipe_wraps_a_plain_grad_fn(regression):
   """README "Why the objective, and a plain grad_fn": whole-batch transforms need only grad_fn."""
-  def as_objective(grad_fn, params_like):
+  def as_objective(grad_fn):
     def apply_fn(w, _):
       g = jax.lax.stop_gradient(grad_fn(w))
       return optax.tree.vdot(g, w)[None]
@@ -164,7 +164,7 @@ def test_the_readme_recipe_wraps_a_plain_grad_fn(regression):
 
   real = regression.objective()
   params = jnp.asarray(regression.w, jnp.float32)
-  wrapped = as_objective(real.grad, params)
+  wrapped = as_objective(real.grad)
   for tx in (samx.sam(0.1), samx.sam(0.1, adaptive=True), samx.gsam(0.1, alpha=0.3),
              samx.saner(0.1, warmup_steps=0)):
     expected, _ = tx.update(real.grad(params), tx.init(params), params, objective=real)
