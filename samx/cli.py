@@ -5,11 +5,15 @@
     samx train --resume runs/saner-cifar10-cpu/sam   # continue a killed run exactly
     samx compare --preset fashion-mnist-noise-cpu --optimizers sgd,sam,saner,jsam,lsam
 
+    samx train --preset saner-cifar10 --run-dir R --resume-if-exists   # start, or continue R
+
 Exit status: 0 done (or nothing to do); 1 a file could not be written or read (a full disk, a
 read-only directory: the message names it, and the run is resumable once it is fixed); 2 a
 request refused before anything was written (a bad value, a run directory it must not touch
 or that another process writes); 3 the run diverged (``samx compare``: one entry or more,
-after writing the table); 130 interrupted (Ctrl-C), saying how to continue.
+after writing the table); 75 stopped by SIGTERM (a preemption, a scheduler's notice) after
+saving a checkpoint of the step: run the same command again to continue; 130 interrupted
+(Ctrl-C), after saving likewise.
 
 Multi-host (one process per host): ``--coordinator-address HOST:PORT --num-processes N
 --process-id I`` (or the environment variables ``SAMX_COORDINATOR_ADDRESS``,
@@ -25,6 +29,8 @@ import pathlib
 import sys
 
 DEFAULT_COMPARE = "sgd,sam,saner,jsam,lsam"
+# Stopped by SIGTERM after saving: EX_TEMPFAIL of sysexits.h, "try again later".
+PREEMPTED = 75
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -55,11 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--run-dir", help="where metrics, config and checkpoints go (default "
                      "runs/PRESET/OPTIMIZER-seedSEED)")
   train.add_argument("--resume", metavar="RUN_DIR",
-                     help="continue the run in RUN_DIR from its latest checkpoint")
+                     help="continue the run in RUN_DIR from its latest checkpoint, with the "
+                     "configuration stored there")
+  train.add_argument("--resume-if-exists", action="store_true",
+                     help="one command for the first start and every restart (after a "
+                     "preemption): start the run directory if it is new, continue it if it "
+                     "holds an unfinished run with the same configuration, report it if "
+                     "finished; a run with another configuration is refused, naming the keys "
+                     "(--overwrite replaces it)")
   train.add_argument("--tensorboard", action="store_true",
                      help="also write TensorBoard scalars (needs samx[tensorboard])")
   train.add_argument("--overwrite", action="store_true",
-                     help="replace a run already in the run directory (deletes it first)")
+                     help="replace a run already in the run directory (deletes it first; with "
+                     "--resume-if-exists, only a run with another configuration)")
   compare = commands.add_parser("compare", help="train one configuration with several "
                                 "optimizers; print a table and save a plot")
   _add_common(compare)
@@ -99,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
   from samx import train
   from samx.train import ConfigError
-  from samx.train.errors import TrainingDivergedError, TrainingInterrupted
+  from samx.train.errors import TrainingDivergedError, TrainingInterrupted, TrainingPreempted
   from samx.train.loop import method_label
 
   if args.command == "presets":
@@ -117,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "train":
       if args.resume:
-        if args.overwrite or args.overrides or args.preset != "quickstart":
+        if (args.overwrite or args.overrides or args.preset != "quickstart"
+                or args.resume_if_exists):
           raise ConfigError("--resume continues a run with its stored configuration; drop "
-                            "--preset, --set and --overwrite.")
+                            "--preset, --set, --overwrite and --resume-if-exists.")
         run_dir = pathlib.Path(args.resume)
         train.run(None, run_dir, resume=True, progress=not args.no_progress,
                   tensorboard=args.tensorboard)
@@ -127,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         config = train.override(train.preset(args.preset), args.overrides)
         run_dir = pathlib.Path(args.run_dir or pathlib.Path("runs") / args.preset / (
             f"{method_label(config)}-seed{config.seed}"))
-        train.run(config, run_dir, overwrite=args.overwrite, progress=not args.no_progress,
+        train.run(config, run_dir, resume="auto" if args.resume_if_exists else False,
+                  overwrite=args.overwrite, progress=not args.no_progress,
                   tensorboard=args.tensorboard)
       if jax.process_index() == 0:
         print(f"run directory: {run_dir}")
@@ -144,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
   except TrainingDivergedError as error:
     print(f"samx: {error}", file=sys.stderr)
     return 3
+  except TrainingPreempted as error:
+    print(f"\nsamx: {error}", file=sys.stderr)
+    return PREEMPTED
   except TrainingInterrupted as error:
     print(f"\nsamx: {error}", file=sys.stderr)
     return 130

@@ -39,6 +39,7 @@ def batches(
     batch_axis: str | Sequence[str] = "data",
     process_index: int | None = None,
     process_count: int | None = None,
+    start: int = 0,
 ) -> Iterator[dict[str, jax.Array]]:
   """Yields the full batches of one epoch as dicts of arrays sharded along the batch axis.
 
@@ -59,6 +60,8 @@ def batches(
     batch_axis: the mesh axis (or axes) of the batch.
     process_index: this process (default ``jax.process_index()``).
     process_count: the number of processes (default ``jax.process_count()``).
+    start: skip the epoch's first ``start`` batches (a run resumed mid-epoch); the batches
+      after them are those of the whole epoch.
   """
   sizes = {name: len(array) for name, array in arrays.items()}
   if len(set(sizes.values())) != 1:
@@ -79,10 +82,12 @@ def batches(
       raise ValueError(f"batch_size {batch_size} must divide by the {shards} devices along "
                        f"{axes}.")
     sharding = NamedSharding(mesh, PartitionSpec(axes))
+  if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+    raise ValueError(f"start must be an integer >= 0; got {start!r}.")
   local = batch_size // process_count
   order = epoch_order(num_examples, seed=seed, epoch=epoch, shuffle=shuffle)
-  for start in range(0, num_examples - batch_size + 1, batch_size):
-    rows = np.sort(order[start + process_index * local:start + (process_index + 1) * local])
+  for first in range(start * batch_size, num_examples - batch_size + 1, batch_size):
+    rows = np.sort(order[first + process_index * local:first + (process_index + 1) * local])
     local_batch = {name: array[rows] for name, array in arrays.items()}
     if sharding is None:
       yield {name: jnp.asarray(value) for name, value in local_batch.items()}

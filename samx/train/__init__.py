@@ -2,7 +2,8 @@
 
 One module per concern, each importing only those above it in this list:
 
-- ``errors``: :class:`ConfigError`.
+- ``errors``: :class:`ConfigError` and the errors a run ends with; ``stopping`` (SIGTERM and
+  Ctrl-C as stop requests), ``agreement`` (one decision on every process).
 - ``methods``: the registry of optimizer names (how each builds its samx transform, its own
   config section, what it needs from the step).
 - ``config``: the typed :class:`Config`, ``key=value`` overrides, JSON, :func:`validate`.
@@ -40,6 +41,7 @@ from samx.train.errors import (
     RunDirectoryError,
     TrainingDivergedError,
     TrainingInterrupted,
+    TrainingPreempted,
 )
 from samx.train.host_devices import virtual_cpu_devices_flags
 from samx.train.in_flight import InFlight
@@ -74,6 +76,7 @@ __all__ = [
     "TrainingData",
     "TrainingDivergedError",
     "TrainingInterrupted",
+    "TrainingPreempted",
     "compare",
     "format_table",
     "from_dict",

@@ -11,12 +11,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from samx.train import run_lock
-from samx.train.config import Config, override, to_dict, validate
-from samx.train.errors import ConfigError, RunDirectoryError, TrainingDivergedError
+from samx.train.config import Config, override, validate
+from samx.train.errors import (
+    ConfigError,
+    RunDirectoryError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+)
 from samx.train.files import remove_temporaries, write_atomic
 from samx.train.loop import RunResult, finished_run, run
 from samx.train.methods import METHODS
-from samx.train.run_dir import inspect_run, is_writer, strict_json
+from samx.train.run_dir import decide, describe_differences, is_writer, strict_json
 
 TABLE_COLUMNS = (
     ("optimizer", "{}"), ("best test acc", "{:.3f}"), ("at epoch", "{}"),
@@ -125,46 +130,18 @@ def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | path
   return path
 
 
-def _differences(stored: Config, wanted: Config) -> list[str]:
-  """``key: stored -> wanted`` for each configuration key that differs."""
-
-  def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in values.items():
-      if isinstance(value, dict) and key != "options":
-        out.update(flat(value, f"{prefix}{key}."))
-      else:
-        out[f"{prefix}{key}"] = value
-    return out
-
-  a, b = flat(to_dict(stored)), flat(to_dict(wanted))
-  return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in b if a.get(key) != b.get(key)]
-
-
 def _plan(configs: dict[str, Config], out_dir: pathlib.Path, overwrite: bool,
           retry_diverged: bool) -> dict[str, str]:
-  """What to do with each entry's run directory: ``train``, ``reuse`` (finished with the same
-  configuration), ``diverged`` (ended by divergence with the same configuration: reported, not
-  trained again), ``resume`` (unfinished, with a checkpoint), ``retrain`` (unfinished with no
-  checkpoint, or diverged and ``retry_diverged``; the same configuration) or ``overwrite``
-  (another configuration, replaced on request). Raises :class:`RunDirectoryError`, before
-  anything trains, naming every directory that holds a run with another configuration."""
+  """What to do with each entry's run directory (:func:`samx.train.run_dir.decide`, the rule
+  of ``samx train --resume-if-exists``). Raises :class:`RunDirectoryError`, before anything
+  trains, naming every directory that holds a run with another configuration."""
   plan, conflicts = {}, []
   for label, config in configs.items():
-    status = inspect_run(out_dir / run_dir_name(label))
-    if status.kind == "new":
-      plan[label] = "train"
-    elif to_dict(status.config) != to_dict(config) and overwrite:
-      plan[label] = "overwrite"
-    elif to_dict(status.config) != to_dict(config):
-      changed = _differences(status.config, config)
-      conflicts.append(f"{out_dir / run_dir_name(label)} ({'; '.join(changed[:3])}"
-                       f"{'; ...' if len(changed) > 3 else ''})")
-    elif status.kind == "diverged":
-      plan[label] = "retrain" if retry_diverged else "diverged"
-    else:
-      plan[label] = {"finished": "reuse", "resumable": "resume",
-                     "unfinished": "retrain"}[status.kind]
+    run_dir = out_dir / run_dir_name(label)
+    decision = decide(run_dir, config, overwrite=overwrite, retry_diverged=retry_diverged)
+    if decision.action == "refuse":
+      conflicts.append(describe_differences(run_dir, decision.differences))
+    plan[label] = decision.action
   if conflicts:
     raise RunDirectoryError(
         f"these run directories hold runs with another configuration: {', '.join(conflicts)}. "
@@ -259,6 +236,13 @@ def _compare(config: Config, configs: dict[str, Config], out_dir: pathlib.Path |
       results[label] = run(run_config, run_dir, resume=action == "resume",
                            overwrite=action in ("retrain", "overwrite"), progress=progress,
                            log=log)
+    except TrainingInterrupted as stopped:
+      if out_dir is None:
+        raise
+      detail = f"{label}: {stopped.detail}"
+      raise type(stopped)(f"{detail} To continue the comparison, run the same samx compare "
+                          f"command again: finished entries are reused and this one continues "
+                          f"from its checkpoint.", step=stopped.step, detail=detail) from None
     except TrainingDivergedError as error:
       say(f"samx: {error}")
       diverged[label] = error.step

@@ -245,8 +245,13 @@ class Config:
     train_eval_examples: how many training examples (a fixed subset) the per-epoch metrics of
       the training set use (``None``: all).
     eval_every: evaluate every this many epochs (and always after the last).
-    checkpoint_every: save a checkpoint every this many epochs (0: never).
-    keep_checkpoints: how many checkpoints to keep.
+    checkpoint_every: save a checkpoint at the end of every this many epochs (0: never).
+    checkpoint_every_steps: also save one every this many training steps, mid-epoch too (0:
+      never).
+    checkpoint_every_minutes: also save one whenever this many minutes have passed since the
+      last save, at the next step (0: never). Whatever these say, a run stopped by SIGTERM or
+      Ctrl-C saves the step it stopped at (see :mod:`samx.train.stopping`).
+    keep_checkpoints: how many checkpoints to keep (the latest ones).
   """
 
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -267,6 +272,8 @@ class Config:
   train_eval_examples: int | None = None
   eval_every: int = 1
   checkpoint_every: int = 1
+  checkpoint_every_steps: int = 0
+  checkpoint_every_minutes: float = 0.0
   keep_checkpoints: int = 2
 
 
@@ -559,6 +566,10 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(config.eval_batch_size >= 1, "eval_batch_size", ">= 1", config.eval_batch_size)
   _check(config.eval_every >= 1, "eval_every", ">= 1", config.eval_every)
   _check(config.checkpoint_every >= 0, "checkpoint_every", ">= 0", config.checkpoint_every)
+  _check(config.checkpoint_every_steps >= 0, "checkpoint_every_steps", ">= 0",
+         config.checkpoint_every_steps)
+  _check(config.checkpoint_every_minutes >= 0, "checkpoint_every_minutes", ">= 0",
+         config.checkpoint_every_minutes)
   _check(config.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", config.keep_checkpoints)
   _check(config.devices is None or config.devices >= 1, "devices", "a positive integer or none",
          config.devices)

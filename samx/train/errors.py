@@ -26,5 +26,21 @@ class TrainingDivergedError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-  """The run was interrupted (Ctrl-C); the message says where it stopped and how to resume."""
+  """The run was stopped by Ctrl-C (SIGINT) at a step boundary, after saving a checkpoint of
+  that step if it has a run directory; the message says where it stopped and how to continue.
+
+  Attributes:
+    step: the training step it stopped after (``None``: it stopped while starting).
+    detail: where it stopped and what was saved, without the advice on how to continue.
+  """
+
+  def __init__(self, message: str, *, step: int | None = None, detail: str | None = None):
+    super().__init__(message)
+    self.step, self.detail = step, detail or message
+
+
+class TrainingPreempted(TrainingInterrupted):
+  """The run was stopped by SIGTERM (a preemption, a scheduler's notice; with several
+  processes, JAX's preemption service) at a step boundary, after saving a checkpoint of that
+  step; running the same command again continues it. ``samx`` exits with status 75."""
 

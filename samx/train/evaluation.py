@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from samx.data import pipeline
+from samx.train import stopping
 from samx.train.in_flight import InFlight
 from samx.train.step import Batch, Normalization, TrainState, cross_entropy, prepare_inputs
 from samx.train.training_data import SPLIT_KEYS
@@ -76,22 +77,29 @@ class Evaluator:
       batch = math.ceil(batch / shards) * shards
       self._sets[name] = (padded(arrays, batch), batch)
 
-  def sums(self, state: TrainState, name: str) -> dict[str, float]:
-    """The sums of :func:`make_eval_sums` over the whole set ``name``."""
+  def sums(self, state: TrainState, name: str,
+           should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
+    """The sums of :func:`make_eval_sums` over the whole set ``name``; raises
+    :class:`samx.train.stopping.StopRequested` between two batches once ``should_stop()``."""
     arrays, batch = self._sets[name]
     batch_sums, in_flight = [], InFlight()
     for inputs in pipeline.batches(arrays, batch, seed=0, epoch=0, shuffle=False,
                                    mesh=self._mesh, batch_axis=self._batch_axis):
+      if should_stop is not None and should_stop():
+        raise stopping.StopRequested
       batch_sums.append(self._eval_sums(state, inputs))
       in_flight.add(batch_sums[-1])
+      stopping.inject("eval")
     batch_sums = jax.device_get(batch_sums)  # added on the host, in float64
     return {k: float(np.sum([sums[k] for sums in batch_sums], dtype=np.float64))
             for k in batch_sums[0]}
 
-  def metrics(self, state: TrainState) -> dict[str, float | None]:
+  def metrics(self, state: TrainState, should_stop: Callable[[], bool] | None = None
+              ) -> dict[str, float | None]:
     """Test accuracy and loss; on the training set the accuracy against the given labels,
-    on the clean examples, and the noisy examples' fit of their given (wrong) and true labels."""
-    test, train = self.sums(state, "test"), self.sums(state, "train")
+    on the clean examples, and the noisy examples' fit of their given (wrong) and true labels.
+    ``should_stop`` as in :meth:`sums`."""
+    test, train = self.sums(state, "test", should_stop), self.sums(state, "train", should_stop)
     return {
         "test_accuracy": _ratio(test["correct"], test["count"]),
         "test_loss": _ratio(test["loss"], test["count"]),

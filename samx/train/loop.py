@@ -3,7 +3,10 @@ exact resume."""
 
 from __future__ import annotations
 
+import errno
+import json
 import pathlib
+import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -12,14 +15,24 @@ import jax
 import numpy as np
 
 from samx.data import pipeline
-from samx.train import checkpoints, run_lock
+from samx.train import agreement, checkpoints, run_lock, stopping
 from samx.train.config import Config, validate
-from samx.train.errors import RunDirectoryError, TrainingDivergedError, TrainingInterrupted
+from samx.train.errors import (
+    ConfigError,
+    RunDirectoryError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+    TrainingPreempted,
+)
+from samx.train.files import RunFileError
 from samx.train.in_flight import InFlight
 from samx.train.progress import ProgressBar, epoch_line
 from samx.train.run_dir import (
+    ACTIONS,
+    Decision,
     RunDirectory,
-    RunStatus,
+    decide,
+    describe_differences,
     inspect_run,
     is_writer,
     load_run_config,
@@ -27,6 +40,7 @@ from samx.train.run_dir import (
     read_summary,
     refuse_to_overwrite,
     remove_run,
+    strict_json,
 )
 from samx.train.step import TrainState
 from samx.train.trainer import BATCH_AXIS, Trainer, make_trainer
@@ -118,30 +132,6 @@ def _epoch_means(step_metrics: list[dict[str, Any]]) -> dict[str, float]:
   return means
 
 
-def _train_epoch(trainer: Trainer, step_fn, state: TrainState, arrays: dict[str, np.ndarray],
-                 epoch: int, bar: ProgressBar
-                 ) -> tuple[TrainState, dict[str, float], float, Divergence | None]:
-  """One pass over the training split: the new state, the epoch's mean step metrics, seconds,
-  and where the run diverged if it did (the pass then ends early)."""
-  config = trainer.config
-  step_metrics = []
-  started = time.perf_counter()
-  batches = pipeline.batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
-                             mesh=trainer.mesh, batch_axis=BATCH_AXIS)
-  in_flight = InFlight()  # the host stays a few steps ahead (see samx.train.in_flight)
-  for batch in pipeline.prefetch(batches, config.data.prefetch):
-    state, metrics = step_fn(state, batch)
-    step_metrics.append(metrics)
-    in_flight.add(metrics)
-    bar.update(metrics)
-    if len(step_metrics) % CHECK_EVERY == 0 and float(step_metrics[-LAG]["nonfinite"]) > 0:
-      break
-  step_metrics = jax.device_get(step_metrics)
-  seconds = time.perf_counter() - started
-  divergence = _first_divergence(step_metrics, epoch * trainer.steps_per_epoch)
-  return state, _epoch_means(step_metrics), seconds, divergence
-
-
 def _divergence_message(config: Config, divergence: Divergence, epoch: int) -> str:
   o = config.optimizer
   last = ("no finite loss before it in this epoch" if divergence.last_finite_loss is None else
@@ -179,11 +169,194 @@ def _summary(trainer: Trainer, state: TrainState, history: list[dict[str, Any]],
   }
 
 
+class EpochSteps(NamedTuple):
+  """The training steps of one epoch so far: the epoch (counted from 0), each step's metrics
+  (on the host) and the seconds they took. A checkpoint saved mid-epoch (or before the epoch
+  was evaluated) stores them, so that the resumed run records the same epoch."""
+
+  epoch: int
+  metrics: list[dict[str, Any]]
+  seconds: float
+
+  def progress(self, steps_per_epoch: int) -> dict[str, Any]:
+    """The ``samx-progress.json`` of a checkpoint at the last of these steps (strict JSON:
+    a non-finite metric is written as ``null``)."""
+    names = list(self.metrics[0]) if self.metrics else []
+    values = {name: [float(m[name]) for m in self.metrics] for name in names}
+    return json.loads(strict_json({
+        "format": 1, "step": self.epoch * steps_per_epoch + len(self.metrics),
+        "steps_per_epoch": steps_per_epoch, "epoch": self.epoch, "seconds": self.seconds,
+        "step_metrics": values}))
+
+  @classmethod
+  def from_progress(cls, progress: dict[str, Any]) -> EpochSteps:
+    values = progress["step_metrics"]
+    count = len(next(iter(values.values()))) if values else 0
+    metrics = [{name: np.float64(np.nan if v[i] is None else v[i]) for name, v in values.items()}
+               for i in range(count)]
+    return cls(progress["epoch"], metrics, progress["seconds"])
+
+
+def _resume_point(run_dir: pathlib.Path, step: int, progress: dict[str, Any] | None,
+                  history: list[dict[str, Any]], steps_per_epoch: int) -> EpochSteps:
+  """Where a run restored at ``step`` goes on: the epoch to train or record next, with the
+  steps of it already taken (all of them: the epoch was trained and not yet recorded)."""
+  epoch, done = divmod(step, steps_per_epoch)
+  recorded = any(record["epoch"] == epoch for record in history)
+  if done == 0 and (epoch == 0 or recorded):
+    return EpochSteps(epoch, [], 0.0)
+  where = checkpoints.describe(run_dir, step)
+  if progress is None:
+    raise RunFileError(errno.EIO, f"the checkpoint of {where} in {run_dir} is not at the end of "
+                       f"a recorded epoch and has no {checkpoints.PROGRESS_FILE}; start the run "
+                       f"again with --overwrite.")
+  if progress.get("steps_per_epoch") != steps_per_epoch:
+    raise RunFileError(errno.EIO, f"the checkpoint of {where} in {run_dir} was saved with "
+                       f"{progress.get('steps_per_epoch')} steps per epoch, and the run now has "
+                       f"{steps_per_epoch}: its training data changed. Put back the data it was "
+                       f"started with, or start it again with --overwrite.")
+  steps = EpochSteps.from_progress(progress)
+  expected = (epoch - 1, steps_per_epoch) if done == 0 else (epoch, done)
+  if (steps.epoch, len(steps.metrics)) != expected:
+    raise RunFileError(errno.EIO, f"the {checkpoints.PROGRESS_FILE} of the checkpoint of {where} "
+                       f"in {run_dir} does not match its step; start the run again with "
+                       f"--overwrite.")
+  return steps
+
+
+class _Stop(Exception):  # noqa: N818 (a control-flow signal, not an error)
+  """Unwinds the epoch to where the run saves and ends: the state after the last step, and
+  the steps of the epoch so far."""
+
+  def __init__(self, state: TrainState, steps: EpochSteps):
+    super().__init__()
+    self.state, self.steps = state, steps
+
+
+class _Training:
+  """One run's epochs: the compiled step, evaluation, the record, checkpoints and stops."""
+
+  def __init__(self, trainer: Trainer, step_fn, evaluator, directory: RunDirectory | None,
+               store: checkpoints.Checkpoints | None, stops: stopping.StopSignals,
+               bar: ProgressBar, history: list[dict[str, Any]], say: Callable[[str], None],
+               epoch_metrics: EpochMetrics | None):
+    config = trainer.config
+    self.trainer, self.config, self.step_fn, self.evaluator = trainer, config, step_fn, evaluator
+    self.directory, self.store, self.stops, self.bar = directory, store, stops, bar
+    self.history, self.best, self.say = history, BestEpoch(history), say
+    self.epoch_metrics = epoch_metrics
+    self.arrays = {"input": trainer.data.train["input"], "label": trainer.data.train["label"]}
+    self.schedule = checkpoints.CheckpointSchedule(
+        config.checkpoint_every_steps, config.checkpoint_every_minutes) if directory else None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.trainer.steps_per_epoch
+
+  def save(self, state: TrainState, steps: EpochSteps) -> None:
+    """Saves a checkpoint of the step after ``steps`` (in the background)."""
+    if self.directory is None:
+      return
+    if self.store is None:
+      self.store = checkpoints.Checkpoints(self.directory.path,
+                                           keep=self.config.keep_checkpoints, writer=is_writer())
+    self.store.check()  # a background save that failed stops the run here
+    step = steps.epoch * self.steps_per_epoch + len(steps.metrics)
+    self.store.save(step, state, steps.progress(self.steps_per_epoch))
+    self.schedule.saved()
+
+  def train_pass(self, state: TrainState, done: EpochSteps) -> tuple[TrainState, EpochSteps]:
+    """The rest of the epoch's training steps after ``done``; the pass ends early if the run
+    diverges, and raises :class:`_Stop` when asked to stop."""
+    config = self.config
+    first_step = done.epoch * self.steps_per_epoch + len(done.metrics)
+    started, metrics = time.perf_counter(), []
+
+    def so_far() -> EpochSteps:
+      return EpochSteps(done.epoch, done.metrics + jax.device_get(metrics),
+                        done.seconds + time.perf_counter() - started)
+
+    batches = pipeline.batches(self.arrays, config.batch_size, seed=config.seed,
+                               epoch=done.epoch, mesh=self.trainer.mesh, batch_axis=BATCH_AXIS,
+                               start=len(done.metrics))
+    in_flight = InFlight()  # the host stays a few steps ahead (see samx.train.in_flight)
+    for batch in pipeline.prefetch(batches, config.data.prefetch):
+      state, step_metrics = self.step_fn(state, batch)
+      metrics.append(step_metrics)
+      in_flight.add(step_metrics)
+      self.bar.update(step_metrics)
+      stopping.inject("step")
+      step = first_step + len(metrics)
+      if len(metrics) % CHECK_EVERY == 0 and float(metrics[-LAG]["nonfinite"]) > 0:
+        break
+      if self.stops.reached(step):
+        raise _Stop(state, so_far())
+      if self.schedule is not None and self.schedule.due(step):
+        steps = so_far()
+        if _first_divergence(steps.metrics, 0) is not None:
+          break  # diverged: reported at the end of the pass, nothing saved
+        self.save(state, steps)
+    return state, so_far()
+
+  def epoch(self, state: TrainState, done: EpochSteps) -> TrainState:
+    """Trains (the rest of) one epoch and records it; raises :class:`TrainingDivergedError`
+    (recording nothing of the epoch) if the run stops being finite."""
+    config, epoch = self.config, done.epoch
+    if len(done.metrics) < self.steps_per_epoch:
+      self.bar.start_epoch(epoch + 1)
+      try:
+        state, done = self.train_pass(state, done)
+      finally:
+        self.bar.end_epoch()
+    divergence = _first_divergence(done.metrics, epoch * self.steps_per_epoch)
+    if divergence is not None:
+      raise TrainingDivergedError(_divergence_message(config, divergence, epoch + 1),
+                                  step=divergence.step, epoch=epoch + 1)
+    steps = (epoch + 1) * self.steps_per_epoch
+    record: dict[str, Any] = {"epoch": epoch + 1, "step": steps,
+                              "learning_rate": float(self.trainer.learning_rate(steps - 1)),
+                              **_epoch_means(done.metrics)}
+    if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+      try:
+        record.update(self.evaluator.metrics(state, self.stops.requested_here))
+      except stopping.StopRequested:
+        raise _Stop(state, done) from None
+      self.best.update(record)
+      if self.epoch_metrics is not None:
+        record.update(_checked_extra_metrics(self.epoch_metrics(self.trainer, state), record))
+    record.update(best_test_accuracy=self.best.accuracy, best_epoch=self.best.epoch,
+                  epoch_seconds=done.seconds,
+                  images_per_second=self.steps_per_epoch * config.batch_size / done.seconds,
+                  steps_per_second=self.steps_per_epoch / done.seconds)
+    self.history.append(record)
+    if self.directory is not None:
+      self.directory.append(record)
+    if self.store is not None:
+      self.store.check()
+    if config.checkpoint_every and ((epoch + 1) % config.checkpoint_every == 0
+                                    or epoch + 1 == config.epochs):
+      self.save(state, done)
+    self.say(epoch_line(record, config.epochs))
+    return state
+
+  def close_store(self, *, wait: bool = True) -> int | None:
+    """Waits for the checkpoint saves, closes the store, and returns its latest step (without
+    ``wait``, after an error: a failed save is not reported again)."""
+    if self.store is None:
+      return None if self.directory is None else checkpoints.latest_step(self.directory.path)
+    if not wait:
+      try:
+        return self.store.close()
+      except OSError:
+        return checkpoints.latest_step(self.store.run_dir)
+    return self.store.close()
+
+
 def run(
     config: Config | None,
     run_dir: str | pathlib.Path | None = None,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
     progress: bool = False,
     tensorboard: bool = False,
@@ -195,27 +368,53 @@ def run(
 
   ``run_dir`` receives ``config.json`` (the resolved configuration), ``metrics.jsonl`` (one
   JSON object per evaluated epoch), ``summary.json`` at the end, ``checkpoints/`` (orbax, with
-  checksums) and, with ``tensorboard=True``, ``tensorboard/``. With ``resume=True`` the run
-  continues from the newest intact checkpoint in ``run_dir`` with the configuration stored
-  there (``config`` is then ignored and may be ``None``), and ends with the same metrics as an
-  uninterrupted run; a finished run is returned as it is (``state`` ``None``), nothing
-  rewritten. A directory that already holds a run is never overwritten unless
-  ``overwrite=True``, which replaces it (with ``resume``, only a run that has no checkpoint to
-  continue from), and only once the new run is ready to start: the configuration checked, the
-  data loaded and the step compiled. Nothing is written before that point, so a bad value, a
-  missing data file or Ctrl-C during start-up leaves the directory as it was.
+  checksums) and, with ``tensorboard=True``, ``tensorboard/``.
+
+  What is already in ``run_dir`` decides what happens:
+
+  - ``resume=False`` (the default): the directory must hold no run, unless ``overwrite=True``,
+    which replaces it.
+  - ``resume=True``: the run there continues from its newest intact checkpoint with the
+    configuration stored there (``config`` is ignored and may be ``None``); a finished run is
+    returned as it is (``state`` ``None``), nothing rewritten; one with no checkpoint to
+    continue from is started again only with ``overwrite=True``.
+  - ``resume="auto"``: one call for the first start and every restart, as a scheduler re-runs
+    a job after a preemption (``samx train --resume-if-exists``), by the rule of ``samx
+    compare`` (:func:`samx.train.run_dir.decide`): a new directory is started, an unfinished
+    run with the same configuration is continued (or started again if it has no checkpoint), a
+    finished one is returned as it is, a diverged one is reported
+    (:class:`TrainingDivergedError`), and one with another configuration is refused naming the
+    keys that differ, unless ``overwrite=True``, which replaces it.
+
+  A resumed run ends with the same metrics and parameters as an uninterrupted one (bit for
+  bit on CPU), wherever it stopped. A run is replaced only once the new one is ready to start:
+  the configuration checked, the data loaded and the step compiled. Nothing is written before
+  that point, so a bad value, a missing data file or a stop during start-up leaves the
+  directory as it was. With several processes, process 0 decides and every process follows
+  (:mod:`samx.train.agreement`).
+
+  **Stopping.** SIGTERM (a preemption, a scheduler) and Ctrl-C (SIGINT) stop the run at the
+  next step boundary, or between two evaluation batches: it saves a checkpoint of that step
+  (with the epoch's step metrics so far), waits for it to be written, and raises
+  :class:`TrainingPreempted` (SIGTERM; ``samx`` exits with status 75) or
+  :class:`TrainingInterrupted` (Ctrl-C; 130), saying where it stopped and how to continue. A
+  second signal stops at once. See :mod:`samx.train.stopping` (several processes stop at the
+  same step through JAX's preemption service). Checkpoints are also saved every
+  ``checkpoint_every`` epochs, ``checkpoint_every_steps`` steps or ``checkpoint_every_minutes``
+  minutes, as configured.
 
   The process that writes ``run_dir`` holds its lock (:mod:`samx.train.run_lock`) from start
   to end; a second writer is refused at once. Every file is written atomically
-  (:mod:`samx.train.files`), so a kill at any moment loses at most the epoch in progress.
+  (:mod:`samx.train.files`), so a kill at any moment loses at most the steps since the last
+  checkpoint.
 
   Raises :class:`samx.train.errors.RunDirectoryError` for a directory it must not touch or
   that another process writes, :class:`samx.train.files.RunFileError` (an ``OSError``) naming
   a file that cannot be written (a full disk) or read as samx wrote it,
   :class:`TrainingDivergedError` when the loss or the parameters stop being finite (the
-  directory keeps the metrics and the checkpoint of the last good epoch, and its
-  ``summary.json`` records where the run diverged) and :class:`TrainingInterrupted` on Ctrl-C
-  (saying how to resume).
+  directory keeps the metrics and the checkpoints of the last good steps, and its
+  ``summary.json`` records where the run diverged), and :class:`TrainingInterrupted` or
+  :class:`TrainingPreempted` when stopped.
   ``progress=True`` shows a live bar where stderr is a terminal; one line per epoch goes to
   ``log`` in any case.
 
@@ -232,39 +431,81 @@ def run(
   evaluation; the numbers it returns join that epoch's record (and ``metrics.jsonl``), e.g.
   linear-probe accuracies of the features over training. Its time is not training time.
   """
+  if resume not in (False, True, "auto"):
+    raise ValueError(f"resume must be False, True or 'auto'; got {resume!r}.")
   say = log if log is not None and is_writer() else (lambda _: None)
-  if run_dir is None:
-    if resume:
-      raise ValueError("resume=True needs the run_dir of the run to continue.")
-    return _run(config, None, RunStatus("new", None, None), False, progress, say, data,
-                epoch_metrics)
+  with stopping.StopSignals() as stops:
+    try:
+      if run_dir is None:
+        if resume:
+          raise ValueError("resume needs the run_dir of the run to continue.")
+        return _run(config, None, "train", stops, progress, say, data, epoch_metrics)
+      if resume is not True:
+        validate(config)  # a bad value is refused before the directory is touched
+      directory = RunDirectory(run_dir, tensorboard=tensorboard)
+      if resume is True and not directory.path.is_dir():
+        load_run_config(directory.path)  # raises: not a run directory (or a file)
+      with run_lock.locked(directory.path, enabled=is_writer()):
+        for done in directory.tidy():
+          say(f"{directory.path}: {done}")
+        decision = _agreed(directory.path, config, resume, overwrite)
+        status = decision.status
+        if decision.action == "reuse":
+          say(f"{directory.path} is finished (summary.json); nothing to do.")
+          return finished_run(directory.path)
+        if decision.action == "diverged":
+          raise TrainingDivergedError(diverged_message(directory.path))
+        if resume is True:
+          config = status.config
+        return _run(config, directory, decision.action, stops, progress, say, data,
+                    epoch_metrics)
+    except stopping.Signalled as signalled:  # before the run could be stopped cleanly
+      raise _stopped_error(signalled.signal_number,
+                           "stopped while starting; nothing was written.") from None
+
+
+def _plan(run_dir: pathlib.Path, config: Config | None, resume: bool | str,
+          overwrite: bool) -> Decision:
+  """What to do with ``run_dir`` (see :func:`run`); raises the refusals."""
+  if resume == "auto":
+    decision = decide(run_dir, config, overwrite=overwrite)
+    if decision.action == "refuse":
+      raise RunDirectoryError(
+          f"{describe_differences(run_dir, decision.differences)}: the run there has another "
+          f"configuration. Continue it with its own (samx train --resume {run_dir}), write to "
+          f"another --run-dir, or replace it with --overwrite.")
+    return decision
+  status = inspect_run(run_dir)
   if not resume:
-    validate(config)  # a bad value is refused before the directory is touched
-  directory = RunDirectory(run_dir, tensorboard=tensorboard)
-  if resume and not directory.path.is_dir():
-    load_run_config(directory.path)  # raises: not a run directory (or a file)
-  with run_lock.locked(directory.path, enabled=is_writer()):
-    status = inspect_run(directory.path)
-    for done in directory.tidy():
-      say(f"{directory.path}: {done}")
-    if resume:  # what the directory holds is checked before any data is loaded
-      if status.kind == "new":
-        load_run_config(directory.path)  # raises: not a run directory
-      if status.kind == "finished":
-        say(f"{directory.path} is finished (summary.json); nothing to resume.")
-        return finished_run(directory.path)
-      if status.kind == "diverged":
-        raise TrainingDivergedError(diverged_message(directory.path))
-      if status.kind == "unfinished" and not overwrite:
-        raise RunDirectoryError(
-            f"{directory.path} holds an unfinished run with no checkpoint to continue from "
-            f"(checkpoint_every={status.config.checkpoint_every}); start it again from the "
-            f"first epoch with --overwrite, or choose another run directory.")
-      config = status.config
-    elif status.kind != "new" and not overwrite:
-      refuse_to_overwrite(directory.path, status)
-    replace = overwrite and status.kind != "new" and (not resume or status.kind == "unfinished")
-    return _run(config, directory, status, replace, progress, say, data, epoch_metrics)
+    if status.kind != "new" and not overwrite:
+      refuse_to_overwrite(run_dir, status)
+    return Decision("train" if status.kind == "new" else "overwrite", status, [])
+  if status.kind == "new":
+    load_run_config(run_dir)  # raises: not a run directory
+  if status.kind == "unfinished" and not overwrite:
+    raise RunDirectoryError(
+        f"{run_dir} holds an unfinished run with no checkpoint to continue from "
+        f"(checkpoint_every={status.config.checkpoint_every}); start it again from the "
+        f"first epoch with --overwrite, or choose another run directory.")
+  return Decision({"finished": "reuse", "diverged": "diverged", "resumable": "resume",
+                   "unfinished": "retrain"}[status.kind], status, [])
+
+
+def _agreed(run_dir: pathlib.Path, config: Config | None, resume: bool | str,
+            overwrite: bool) -> Decision:
+  """:func:`_plan` on process 0, followed by every process."""
+  try:
+    decision, failure = _plan(run_dir, config, resume, overwrite), None
+    code = ACTIONS.index(decision.action)
+  except (RunDirectoryError, ConfigError, OSError) as error:
+    decision, failure, code = None, error, -1
+  agreed = agreement.from_process_zero(code)
+  if agreed < 0:
+    raise failure or RunDirectoryError(f"process 0 refused to train into {run_dir}; its "
+                                       f"output says why.")
+  if agreed != code:  # this process saw the directory otherwise: process 0 decides
+    decision = Decision(ACTIONS[agreed], inspect_run(run_dir), [])
+  return decision
 
 
 def diverged_message(run_dir: pathlib.Path) -> str:
@@ -275,26 +516,45 @@ def diverged_message(run_dir: pathlib.Path) -> str:
           f"with other settings in another directory, or replace it with --overwrite.")
 
 
-def _run(config: Config, directory: RunDirectory | None, status: RunStatus, replace: bool,
-         progress: bool, say: Callable[[str], None], data: TrainingData | None,
-         epoch_metrics: EpochMetrics | None) -> RunResult:
+def _stopped_error(signal_number: int | None, message: str, step: int | None = None,
+                   advice: str = "") -> TrainingInterrupted:
+  """:class:`TrainingPreempted` for SIGTERM, else :class:`TrainingInterrupted`; ``message``
+  (what happened) and ``advice`` (how to continue) make its text."""
+  preempted = signal_number is not None and signal_number != signal.SIGINT
+  return (TrainingPreempted if preempted else TrainingInterrupted)(
+      f"{message} {advice}".strip(), step=step, detail=message)
+
+
+def _continue_command(run_dir: pathlib.Path) -> str:
+  return (f"run the same command again with --resume-if-exists, or samx train --resume "
+          f"{run_dir}")
+
+
+def _run(config: Config, directory: RunDirectory | None, action: str,
+         stops: stopping.StopSignals, progress: bool, say: Callable[[str], None],
+         data: TrainingData | None, epoch_metrics: EpochMetrics | None) -> RunResult:
   """Builds the run, then (only then) changes the directory, and trains."""
   try:
     trainer = make_trainer(config, data)
     state = trainer.init()
+  except stopping.Signalled as signalled:
+    raise _stopped_error(signalled.signal_number, "stopped while starting; nothing was "
+                         "written.") from None
   except KeyboardInterrupt:
     raise TrainingInterrupted("interrupted while starting; nothing was written.") from None
-  start_epoch, history, store = 0, [], None
+  done, history, store = EpochSteps(0, [], 0.0), [], None
   if directory is not None:
-    if replace:
+    if action in ("overwrite", "retrain"):
       remove_run(directory.path)
-      status = RunStatus("new", None, None)
-    if status.kind == "resumable" and config.checkpoint_every:
+    if action == "resume":
       store = checkpoints.Checkpoints(directory.path, keep=config.keep_checkpoints,
                                       writer=is_writer())
-      start_epoch, state = store.restore_latest(state, say)
-      history = directory.continue_after(start_epoch, warn=say)
-      say(f"resuming {directory.path} after epoch {start_epoch}")
+      step, state, saved_progress = store.restore_latest(state, say)
+      done = _resume_point(directory.path, step, saved_progress, read_history(directory.path),
+                           trainer.steps_per_epoch)
+      history = directory.continue_after(done.epoch, warn=say)
+      say(f"resuming {directory.path} from the checkpoint of "
+          f"{checkpoints.describe(directory.path, step)}")
 
   data = trainer.data
   say(f"{data.name}: {len(data.train['label'])} training examples ({data.noise_rate:.0%} noisy "
@@ -309,64 +569,93 @@ def _run(config: Config, directory: RunDirectory | None, status: RunStatus, repl
     started = time.perf_counter()
     step_fn = trainer.train_step.lower(state, first).compile()
     compile_seconds = time.perf_counter() - started
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as interrupt:
     if store is not None:
       store.close()
-    where = ("nothing was written" if directory is None or status.kind == "new" else
-             f"{directory.path} is as it was; continue it with samx train --resume "
-             f"{directory.path}")
-    raise TrainingInterrupted(f"interrupted while starting; {where}.") from None
-  if directory is not None:
-    if status.kind == "new":
-      directory.start(config)  # from here on the directory holds a run
-    if store is None and config.checkpoint_every:
-      store = checkpoints.Checkpoints(directory.path, keep=config.keep_checkpoints,
-                                      writer=is_writer())
+    where = ("nothing was written" if directory is None or action != "resume" else
+             f"{directory.path} is as it was; to continue it, "
+             f"{_continue_command(directory.path)}")
+    signal_number = getattr(interrupt, "signal_number", None)
+    raise _stopped_error(signal_number, f"stopped while starting; {where}.") from None
+  if directory is not None and action != "resume":
+    directory.start(config)  # from here on the directory holds a run
   bar = ProgressBar(config.epochs, trainer.steps_per_epoch, enabled=progress and is_writer())
-  best = BestEpoch(history)
-  train_seconds = sum(r.get("epoch_seconds", 0.0) for r in history)
+  training = _Training(trainer, step_fn, evaluator, directory, store, stops, bar, history, say,
+                       epoch_metrics)
 
-  epoch = start_epoch
   try:
-    for epoch in range(start_epoch, config.epochs):
-      state, train_seconds = _epoch(trainer, step_fn, state, step_arrays, epoch, bar, evaluator,
-                                    best, history, directory, store, train_seconds, say,
-                                    epoch_metrics)
-  except KeyboardInterrupt as interrupt:
-    bar.end_epoch()
-    latest = _close(store)
+    try:
+      with stops.deferred():
+        for epoch in range(done.epoch, config.epochs):
+          state = training.epoch(state, done)
+          done = EpochSteps(epoch + 1, [], 0.0)
+        training.close_store()
+        train_seconds = sum(r.get("epoch_seconds", 0.0) for r in history)
+        summary = _summary(trainer, state, history, training.best, train_seconds, compile_seconds)
+        if directory is not None:
+          directory.finish(summary)
+    except _Stop as stop:
+      if _first_divergence(stop.steps.metrics, 0) is None:
+        raise _stopped_at(training, stop) from None
+      divergence = _first_divergence(stop.steps.metrics, stop.steps.epoch * trainer.steps_per_epoch)
+      raise _ended_by_divergence(training, stop.state, TrainingDivergedError(
+          _divergence_message(config, divergence, stop.steps.epoch + 1), step=divergence.step,
+          epoch=stop.steps.epoch + 1), compile_seconds) from None
+    except TrainingDivergedError as diverged:
+      raise _ended_by_divergence(training, state, diverged, compile_seconds) from None
+  except BaseException as error:
+    latest = training.close_store(wait=False)
     if directory is not None:
       directory.close()
-    where = "" if directory is None else (
-        f"; continue it with: samx train --resume {directory.path}" if latest else
-        f"; {directory.path} has no checkpoint to continue from")
-    saved = (f"the latest checkpoint is that of epoch {latest}" if latest else
-             "no checkpoint was saved")
-    raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} of {config.epochs}; {saved}"
-                              f"{where}.") from interrupt
-  except TrainingDivergedError as diverged:
-    latest = _close(store)
-    message = str(diverged)
-    if directory is not None:
-      summary = _summary(trainer, state, history, best, train_seconds, compile_seconds)
-      summary.update(status="diverged", diverged_at_step=diverged.step,
-                     diverged_in_epoch=diverged.epoch, error=message)
-      directory.finish(summary)
-      message += (f" {directory.path} keeps the metrics of epochs 1-{len(history)}"
-                  if history else f" {directory.path} keeps no epoch")
-      message += (f" and the checkpoint of epoch {latest}." if latest else " and no checkpoint.")
-    raise TrainingDivergedError(message, step=diverged.step, epoch=diverged.epoch) from None
-  except BaseException:
-    _close(store, wait=False)
-    if directory is not None:
-      directory.close()
+    if isinstance(error, stopping.Signalled):  # a second signal: stopped where it was
+      saved = ("no checkpoint was saved" if latest is None or directory is None else
+               f"the latest checkpoint is that of {checkpoints.describe(directory.path, latest)}")
+      advice = "" if directory is None else (f"To continue, "
+                                             f"{_continue_command(directory.path)}.")
+      raise _stopped_error(error.signal_number, f"stopped at once by a second signal; {saved}.",
+                           None, advice) from None
     raise
-  _close(store)
-
-  summary = _summary(trainer, state, history, best, train_seconds, compile_seconds)
-  if directory is not None:
-    directory.finish(summary)
   return RunResult(history, summary, state, config, None if directory is None else directory.path)
+
+
+def _stopped_at(training: _Training, stop: _Stop) -> TrainingInterrupted:
+  """Saves the step a stop request ended at; the error that says so. A second signal while
+  it saves stops at once (:class:`stopping.Signalled`)."""
+  steps, directory = stop.steps, training.directory
+  step = steps.epoch * training.steps_per_epoch + len(steps.metrics)
+  where = f"stopped after step {step} (epoch {steps.epoch + 1} of {training.config.epochs})"
+  if directory is None:
+    return _stopped_error(training.stops.requested, f"{where}; no run directory, nothing "
+                          f"saved.", step)
+  try:
+    with training.stops.deferred():
+      training.save(stop.state, steps)
+      training.close_store()
+  finally:
+    directory.close()
+  return _stopped_error(training.stops.requested,
+                        f"{where}; saved the checkpoint of "
+                        f"{checkpoints.describe(directory.path, step)}.", step,
+                        f"To continue, {_continue_command(directory.path)}.")
+
+
+def _ended_by_divergence(training: _Training, state: TrainState, diverged: TrainingDivergedError,
+                         compile_seconds: float) -> TrainingDivergedError:
+  """Records where the run diverged (``summary.json``); the error that says so."""
+  latest = training.close_store(wait=False)
+  message, directory, history = str(diverged), training.directory, training.history
+  if directory is not None:
+    train_seconds = sum(r.get("epoch_seconds", 0.0) for r in history)
+    summary = _summary(training.trainer, state, history, training.best, train_seconds,
+                       compile_seconds)
+    summary.update(status="diverged", diverged_at_step=diverged.step,
+                   diverged_in_epoch=diverged.epoch, error=message)
+    directory.finish(summary)
+    message += (f" {directory.path} keeps the metrics of epochs 1-{len(history)}"
+                if history else f" {directory.path} keeps no epoch")
+    message += (f" and the checkpoint of {checkpoints.describe(directory.path, latest)}."
+                if latest else " and no checkpoint.")
+  return TrainingDivergedError(message, step=diverged.step, epoch=diverged.epoch)
 
 
 def _checked_extra_metrics(extra: Mapping[str, Any] | None, record: dict[str, Any]
@@ -378,58 +667,3 @@ def _checked_extra_metrics(extra: Mapping[str, Any] | None, record: dict[str, An
     raise ValueError(f"epoch_metrics returned {clashes}, which the engine already records; "
                      f"give them other names.")
   return {str(name): float(value) for name, value in extra.items()}
-
-
-def _close(store: checkpoints.Checkpoints | None, *, wait: bool = True) -> int | None:
-  """Waits for the checkpoint saves, closes the store, and returns its latest epoch (without
-  ``wait``, after an error: a failed save is not reported again)."""
-  if store is None:
-    return None
-  if not wait:
-    try:
-      return store.close()
-    except OSError:
-      return checkpoints.latest_epoch(store.run_dir)
-  return store.close()
-
-
-def _epoch(trainer: Trainer, step_fn, state: TrainState, step_arrays: dict[str, np.ndarray],
-           epoch: int, bar: ProgressBar, evaluator, best: BestEpoch,
-           history: list[dict[str, Any]], directory: RunDirectory | None,
-           store: checkpoints.Checkpoints | None,
-           train_seconds: float, say: Callable[[str], None],
-           epoch_metrics: EpochMetrics | None = None) -> tuple[TrainState, float]:
-  """Trains and records one epoch; raises :class:`TrainingDivergedError` (recording nothing of the
-  epoch) if the run stops being finite."""
-  config = trainer.config
-  bar.start_epoch(epoch + 1)
-  state, step_means, epoch_seconds, divergence = _train_epoch(
-      trainer, step_fn, state, step_arrays, epoch, bar)
-  bar.end_epoch()
-  if divergence is not None:
-    raise TrainingDivergedError(_divergence_message(config, divergence, epoch + 1),
-                                step=divergence.step, epoch=epoch + 1)
-  train_seconds += epoch_seconds
-  steps = (epoch + 1) * trainer.steps_per_epoch
-  record: dict[str, Any] = {"epoch": epoch + 1, "step": steps,
-                            "learning_rate": float(trainer.learning_rate(steps - 1)),
-                            **step_means}
-  if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-    record.update(evaluator.metrics(state))
-    best.update(record)
-    if epoch_metrics is not None:
-      record.update(_checked_extra_metrics(epoch_metrics(trainer, state), record))
-  record.update(best_test_accuracy=best.accuracy, best_epoch=best.epoch,
-                epoch_seconds=epoch_seconds,
-                images_per_second=trainer.steps_per_epoch * config.batch_size / epoch_seconds,
-                steps_per_second=trainer.steps_per_epoch / epoch_seconds)
-  history.append(record)
-  if directory is not None:
-    directory.append(record)
-  if store is not None:
-    store.check()  # a background save that failed stops the run here
-    if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-      store.save(epoch + 1, state)
-  say(epoch_line(record, config.epochs))
-  return state, train_seconds
-

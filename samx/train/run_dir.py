@@ -71,7 +71,8 @@ class RunStatus(NamedTuple):
       because it diverged; ``summary.json`` says where), ``resumable`` (unfinished, with a
       checkpoint) or ``unfinished`` (no checkpoint to continue from).
     config: the stored configuration (``None`` for ``new``).
-    latest_checkpoint: the epoch of the latest checkpoint, if any.
+    latest_checkpoint: the step of the latest checkpoint, if any (the epoch, for a checkpoint
+      of an earlier version; :func:`samx.train.checkpoints.describe` says which).
   """
 
   kind: str
@@ -95,7 +96,7 @@ def inspect_run(run_dir: str | pathlib.Path) -> RunStatus:
   if not (path / CONFIG_FILE).exists() and not (path / METRICS_FILE).exists():
     return RunStatus("new", None, None)
   config = load_run_config(path)
-  latest = checkpoints.latest_epoch(path)
+  latest = checkpoints.latest_step(path)
   if (path / SUMMARY_FILE).exists():
     summary = read_summary(path)
     return RunStatus("diverged" if summary.get("status") == "diverged" else "finished", config,
@@ -107,11 +108,71 @@ def refuse_to_overwrite(run_dir: pathlib.Path, status: RunStatus) -> None:
   """Raises a :class:`RunDirectoryError` saying what ``run_dir`` holds and the ways on."""
   held = {"finished": "a finished run",
           "diverged": "a run that diverged",
-          "resumable": f"an unfinished run (checkpoint of epoch {status.latest_checkpoint}; "
-                       f"continue it with samx train --resume {run_dir})",
+          "resumable": f"an unfinished run (checkpoint of "
+                       f"{checkpoints.describe(run_dir, status.latest_checkpoint)}; continue it "
+                       f"with samx train --resume {run_dir}, or run this command again with "
+                       f"--resume-if-exists)",
           "unfinished": "an unfinished run with no checkpoint to continue from"}[status.kind]
   raise RunDirectoryError(f"{run_dir} already holds {held}; choose another run directory, or "
                           f"replace it with --overwrite (overwrite=True).")
+
+
+# What to do with a run directory, given the configuration asked for (see :func:`decide`).
+ACTIONS = ("train", "reuse", "diverged", "resume", "retrain", "overwrite", "refuse")
+
+
+class Decision(NamedTuple):
+  """What :func:`decide` found: the ``action`` (one of ``ACTIONS``), the directory's
+  :class:`RunStatus`, and for ``refuse`` (or ``overwrite``) the keys that differ."""
+
+  action: str
+  status: RunStatus
+  differences: list[str]
+
+
+def config_differences(stored: Config, wanted: Config) -> list[str]:
+  """``key: stored -> wanted`` for each configuration key that differs."""
+
+  def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+      if isinstance(value, dict) and key != "options":
+        out.update(flat(value, f"{prefix}{key}."))
+      else:
+        out[f"{prefix}{key}"] = value
+    return out
+
+  a, b = flat(to_dict(stored)), flat(to_dict(wanted))
+  return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in b if a.get(key) != b.get(key)]
+
+
+def decide(run_dir: str | pathlib.Path, config: Config, *, overwrite: bool = False,
+           retry_diverged: bool = False) -> Decision:
+  """What a request to train ``config`` into ``run_dir`` does with what is there, the rule of
+  ``samx compare`` and of ``samx train --resume-if-exists``: ``train`` (nothing there),
+  ``reuse`` (finished with the same configuration: reported, not trained again), ``diverged``
+  (ended by divergence with the same configuration: reported, unless ``retry_diverged``),
+  ``resume`` (unfinished, with a checkpoint), ``retrain`` (unfinished with no checkpoint, or
+  diverged and ``retry_diverged``: the same configuration, from the start), ``overwrite``
+  (another configuration, replaced because ``overwrite``) or ``refuse`` (another
+  configuration; ``differences`` names the keys).
+  """
+  status = inspect_run(run_dir)
+  if status.kind == "new":
+    return Decision("train", status, [])
+  differences = config_differences(status.config, config)
+  if differences:
+    return Decision("overwrite" if overwrite else "refuse", status, differences)
+  if status.kind == "diverged":
+    return Decision("retrain" if retry_diverged else "diverged", status, [])
+  return Decision({"finished": "reuse", "resumable": "resume", "unfinished": "retrain"}[
+      status.kind], status, [])
+
+
+def describe_differences(run_dir: pathlib.Path, differences: list[str]) -> str:
+  """``RUN_DIR (key: a -> b; ...)``, at most three keys."""
+  return (f"{run_dir} ({'; '.join(differences[:3])}"
+          f"{'; ...' if len(differences) > 3 else ''})")
 
 
 def remove_run(run_dir: pathlib.Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from samx import cli, train
 from samx.data import pipeline
-from samx.train import loop
+from samx.train import loop, stopping
 from samx.train.methods import Method
 from samx.train.run_dir import strict_json
 
@@ -56,7 +56,8 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, monkey
   message = str(error.value)
   assert "step 13 (epoch 2)" in message and "the last finite loss was" in message
   assert "optimizer.learning_rate" in message and "schedule.warmup_epochs" in message
-  assert "keeps the metrics of epochs 1-1 and the checkpoint of epoch 1" in message
+  assert "keeps the metrics of epochs 1-1 and the checkpoint of step 8 (the end of epoch 1)" in (
+      message)
   lines = (run_dir / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["epoch"] for line in lines] == [1]
   summary = json.loads((run_dir / "summary.json").read_text())
@@ -68,7 +69,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, monkey
   # and a new request into it is refused without --overwrite
   with pytest.raises(train.RunDirectoryError, match="a run that diverged"):
     train.run(small(epochs=1), run_dir, log=None)
-  assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+  assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["8"]
 
 
 def test_divergence_in_the_first_epoch_and_the_cli_exit_code(tmp_path, capsys):
@@ -115,21 +116,16 @@ def test_metrics_files_are_strict_json():
 
 
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, monkeypatch, capsys):
-  calls = []
-
-  def interrupt_in_epoch_two(self, metrics):
-    calls.append(1)
-    if len(calls) == 11:
-      raise KeyboardInterrupt
-
-  monkeypatch.setattr(loop.ProgressBar, "update", interrupt_in_epoch_two)
+  monkeypatch.setenv(stopping.SIGNAL_VARIABLE, "INT:step:11")  # Ctrl-C after step 11
+  monkeypatch.setattr(stopping, "_passes", {})
   run_dir = tmp_path / "run"
   code = cli.main(["train", "--no-progress", "--run-dir", str(run_dir), "--set",
                    "checkpoint_every=1", "--set", "data.options.train_size=1024", "--set",
                    "epochs=2"])
   assert code == 130
   err = capsys.readouterr().err
-  assert "interrupted in epoch 2 of 2" in err and "the latest checkpoint is that of epoch 1" in err
+  assert "stopped after step 11 (epoch 2 of 2)" in err
+  assert "saved the checkpoint of step 11 (3 of the 8 steps of epoch 2)" in err
   assert f"samx train --resume {run_dir}" in err
   monkeypatch.undo()
   assert cli.main(["train", "--no-progress", "--resume", str(run_dir)]) == 0
@@ -177,7 +173,7 @@ def test_a_comparison_run_twice_reuses_continues_and_refuses(tmp_path, capsys):
   (out / "sam" / "summary.json").unlink()
   lines = (out / "sam" / "metrics.jsonl").read_text().splitlines()
   (out / "sam" / "metrics.jsonl").write_text(lines[0] + "\n")
-  shutil.rmtree(out / "sam" / "checkpoints" / "2")
+  shutil.rmtree(out / "sam" / "checkpoints" / "16")  # the checkpoint of step 16, epoch 2
   second = train.compare(config, ["sgd", "sam"], out, log=print)
   logged = capsys.readouterr().out
   assert "== sgd == (reuse)" in logged and "== sam == (resume)" in logged

@@ -257,7 +257,7 @@ def killed_at_the_end(tmp_path_factory):
     inject(monkeypatch, "enospc:summary.json:partial")
     with pytest.raises(files.RunFileError):
       train.run(config(), run_dir, log=None)
-  assert checkpoints.saved_epochs(run_dir) == [1, 2, 3]
+  assert checkpoints.saved_steps(run_dir) == [8, 16, 24]  # the ends of epochs 1-3
   assert not (run_dir / "summary.json").exists()
   return run_dir
 
@@ -288,7 +288,7 @@ def flip_one_bit(path, at=None):
 def test_a_damaged_checkpoint_is_found_and_the_previous_one_used(killed_after_epoch_three, damage,
                                                                   reference):
   run_dir = killed_after_epoch_three
-  target = largest_data_file(run_dir / "checkpoints" / "3")
+  target = largest_data_file(run_dir / "checkpoints" / "24")
   if damage == "flipped bit":
     flip_one_bit(target)
   elif damage == "truncated":
@@ -296,23 +296,26 @@ def test_a_damaged_checkpoint_is_found_and_the_previous_one_used(killed_after_ep
   else:
     target.unlink()
   result, messages = resume(run_dir)
-  assert any("checkpoint of epoch 3 is damaged" in m for m in messages), messages
-  assert any("falling back to the checkpoint of epoch 2" in m for m in messages)
-  assert (run_dir / checkpoints.DAMAGED_DIR / "3").is_dir()  # kept, not deleted
+  assert any("checkpoint of step 24 (the end of epoch 3) is damaged" in m for m in messages), (
+      messages)
+  assert any("falling back to the checkpoint of step 16 (the end of epoch 2)" in m
+             for m in messages)
+  assert (run_dir / checkpoints.DAMAGED_DIR / "24").is_dir()  # kept, not deleted
   assert_same_as_reference(run_dir, result, reference)  # epoch 3 trained again from epoch 2
 
 
 def test_no_intact_checkpoint_is_a_clear_error_and_changes_nothing(killed_after_epoch_three):
   run_dir = killed_after_epoch_three
-  for epoch in (1, 2, 3):
-    flip_one_bit(largest_data_file(run_dir / "checkpoints" / str(epoch)))
+  for step in (8, 16, 24):
+    flip_one_bit(largest_data_file(run_dir / "checkpoints" / str(step)))
   files.remove_temporaries(run_dir)  # the killed write's temporary file (a resume removes it)
   (run_dir / run_lock.LOCK_FILE).touch()  # the resume takes the lock
   before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
   metrics_before = (run_dir / "metrics.jsonl").read_bytes()
   with pytest.raises(files.RunFileError, match="no intact checkpoint") as error:
     resume(run_dir)
-  assert "epoch 3: " in str(error.value) and "epoch 1: " in str(error.value)
+  assert "(the end of epoch 3): " in str(error.value) and "(the end of epoch 1): " in str(
+      error.value)
   assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
   assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before
 
