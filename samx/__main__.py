@@ -1,7 +1,5 @@
 """``python -m samx`` is the ``samx`` command."""
 
-import sys
+from samx.cli import program
 
-from samx.cli import main
-
-sys.exit(main())
+program()

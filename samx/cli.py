@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import signal
 import sys
+import threading
 
 DEFAULT_COMPARE = "sgd,sam,saner,jsam,lsam"
 # Stopped by SIGTERM after saving: EX_TEMPFAIL of sysexits.h, "try again later".
@@ -107,8 +109,40 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
     jax.distributed.initialize()
 
 
-def main(argv: list[str] | None = None) -> int:
+class _Terminated(KeyboardInterrupt):
+  """SIGTERM before a run could take it as a stop request (while importing, starting)."""
+
+  signal_number = signal.SIGTERM
+
+
+def _terminated(number: int, frame: object) -> None:
+  raise _Terminated
+
+
+def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> int:
+  """Runs the command line ``argv``; returns the exit status. SIGTERM is a stop request
+  throughout (see the exit statuses), and with ``restore_signals=False`` (the ``samx``
+  program) it is ignored once the command has ended, while the process shuts down."""
   args = build_parser().parse_args(argv)
+  if args.command not in ("train", "compare") or (
+      threading.current_thread() is not threading.main_thread()):
+    return _main(args)
+  previous = signal.signal(signal.SIGTERM, _terminated)  # a run installs its own meanwhile
+  try:
+    return _main(args)
+  except _Terminated:  # between two runs of a comparison, or after the last one
+    print("\nsamx: stopped (SIGTERM).", file=sys.stderr)
+    return PREEMPTED
+  finally:
+    signal.signal(signal.SIGTERM, previous if restore_signals else signal.SIG_IGN)
+
+
+def program() -> None:
+  """The ``samx`` program (and ``python -m samx``)."""
+  sys.exit(main(restore_signals=False))
+
+
+def _main(args: argparse.Namespace) -> int:
   import jax
 
   from samx import train
@@ -145,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         train.run(config, run_dir, resume="auto" if args.resume_if_exists else False,
                   overwrite=args.overwrite, progress=not args.no_progress,
                   tensorboard=args.tensorboard)
+      signal.signal(signal.SIGTERM, signal.SIG_IGN)  # done: a late SIGTERM changes nothing
       if jax.process_index() == 0:
         print(f"run directory: {run_dir}")
       return 0
@@ -166,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
   except TrainingInterrupted as error:
     print(f"\nsamx: {error}", file=sys.stderr)
     return 130
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as interrupt:  # a signal where no run could save a step
+    if getattr(interrupt, "signal_number", None) == signal.SIGTERM:
+      print("\nsamx: stopped (SIGTERM) before training started; nothing was written.",
+            file=sys.stderr)
+      return PREEMPTED
     print("\nsamx: interrupted.", file=sys.stderr)
     return 130
   except OSError as error:  # a file that cannot be written or read: a full disk, permissions
@@ -184,4 +223,4 @@ def _describe_os_error(error: OSError) -> str:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  program()
