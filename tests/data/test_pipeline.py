@@ -32,6 +32,18 @@ def test_an_epoch_sees_every_full_batch_once_and_is_reproducible():
   assert not np.array_equal(other, seen)
 
 
+def test_an_epoch_started_at_a_batch_continues_with_the_same_batches():
+  arrays = _arrays(105)
+  whole = [np.asarray(b["label"]) for b in pipeline.batches(arrays, 10, seed=3, epoch=2)]
+  rest = [np.asarray(b["label"]) for b in pipeline.batches(arrays, 10, seed=3, epoch=2, start=7)]
+  assert len(rest) == 3
+  for a, b in zip(whole[7:], rest, strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert list(pipeline.batches(arrays, 10, seed=3, epoch=2, start=10)) == []
+  with pytest.raises(ValueError, match="start must be an integer >= 0; got -1"):
+    next(pipeline.batches(arrays, 10, seed=3, epoch=2, start=-1))
+
+
 def test_rows_stay_together():
   for batch in pipeline.batches(_arrays(), 25, seed=3, epoch=0):
     labels = np.asarray(batch["label"])

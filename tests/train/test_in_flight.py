@@ -32,6 +32,28 @@ def test_waits_for_the_oldest_once_more_than_limit_are_pending():
     assert waited == list(range(max(0, index - 1)))  # all but the two newest, oldest first
 
 
+def test_long_computations_keep_the_host_about_lead_seconds_ahead():
+  waited: list[int] = []
+  now = [0.0]
+
+  def clock():  # each computation waited for took 3 s
+    now[0] += 3.0
+    return now[0]
+
+  in_flight = InFlight(limit=4, lead_seconds=1.0, clock=clock)
+  for index in range(8):
+    in_flight.add(Output(index, waited))
+  assert in_flight.seconds_each == 3.0
+  assert in_flight.allowed == 1 and in_flight.pending == 1  # a stop waits for one step, not 4
+  fast = InFlight(limit=4, lead_seconds=1.0, clock=lambda: (now.__setitem__(0, now[0] + 0.1)
+                                                            or now[0]))
+  for index in range(8):
+    fast.add(Output(index, waited))
+  assert fast.allowed == 4 and fast.pending == 4
+  with pytest.raises(ValueError, match="lead_seconds must be > 0"):
+    InFlight(2, 0.0)
+
+
 @pytest.mark.parametrize("limit", [0, -1, 2.0, True, None])
 def test_rejects_a_limit_that_is_not_a_positive_integer(limit):
   with pytest.raises(ValueError, match="limit must be an integer >= 1"):

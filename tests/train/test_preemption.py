@@ -70,8 +70,10 @@ STOPS = [
     ("TERM", "step", 5, 5, "5 of the 8 steps of epoch 1"),  # mid-epoch
     ("TERM", "save", 1, 9, "1 of the 8 steps of epoch 2"),  # while epoch 1's save is written
     ("INT", "eval", 1, 8, "the end of epoch 1"),  # during epoch 1's evaluation: not recorded
-    ("TERM", "step", 16, 16, "the end of epoch 2"),  # the last step of an epoch
-    ("TERM", "eval", 8, 24, "the end of epoch 3"),  # in the last evaluation (3 batches each)
+    pytest.param("TERM", "step", 16, 16, "the end of epoch 2",  # an epoch's last step
+                 marks=pytest.mark.slow),
+    pytest.param("TERM", "eval", 8, 24, "the end of epoch 3",  # the last evaluation
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -196,6 +198,22 @@ def test_a_stop_without_a_run_directory_and_a_second_signal(tmp_path, send, monk
   monkeypatch.setattr(stopping, "inject", again_while_saving)
   with pytest.raises(train.TrainingPreempted, match="stopped at once by a second signal"):
     train.run(config("checkpoint_every=0"), tmp_path / "run", log=None)
+
+
+def test_a_stopped_comparison_says_to_run_it_again_and_then_finishes(tmp_path, send, capsys):
+  out = tmp_path / "cmp"
+  send("TERM:step:11")  # in the second entry (8 steps per epoch, 1 epoch each)
+  args = ["compare", "--no-progress", "--optimizers", "sgd,sam", "--out", str(out),
+          *[item for setting in (*SETTINGS, "epochs=1") for item in ("--set", setting)]]
+  assert cli.main(args) == 75
+  err = capsys.readouterr().err
+  assert "sam: stopped after step 3 (epoch 1 of 1)" in err
+  assert "run the same samx compare command again" in err and "samx train" not in err
+  send("TERM:step:0")
+  assert cli.main(args) == 0
+  logged = capsys.readouterr().out
+  assert "== sgd == (reuse)" in logged and "== sam == (resume)" in logged
+  assert (out / "compare.md").exists()
 
 
 def test_the_signal_is_honoured_in_the_cli_with_status_75(tmp_path):
