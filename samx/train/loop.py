@@ -270,11 +270,11 @@ class _Training:
     diverges, and raises :class:`_Stop` when asked to stop."""
     config = self.config
     first_step = done.epoch * self.steps_per_epoch + len(done.metrics)
-    started, metrics = time.perf_counter(), []
+    started, metrics, fetched = time.perf_counter(), [], list(done.metrics)
 
-    def so_far() -> EpochSteps:
-      return EpochSteps(done.epoch, done.metrics + jax.device_get(metrics),
-                        done.seconds + time.perf_counter() - started)
+    def so_far() -> EpochSteps:  # each step's metrics are fetched from the device once
+      fetched.extend(jax.device_get(metrics[len(fetched) - len(done.metrics):]))
+      return EpochSteps(done.epoch, list(fetched), done.seconds + time.perf_counter() - started)
 
     batches = pipeline.batches(self.arrays, config.batch_size, seed=config.seed,
                                epoch=done.epoch, mesh=self.trainer.mesh, batch_axis=BATCH_AXIS,
