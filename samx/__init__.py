@@ -1,4 +1,13 @@
-"""samx: Sharpness-Aware Minimization as composable optax transforms, and tools to study it."""
+"""samx: Sharpness-Aware Minimization as composable optax transforms, and tools to study it.
+
+The transforms are at the top level (``samx.sam``, ``samx.saner``, ...), with
+``samx.penalties`` and ``samx.analysis``; ``samx.models``, ``samx.data`` and ``samx.train`` are
+imported the first time they are used (``import samx`` then ``samx.models.resnet18(...)``), so
+that ``import samx`` stays as light as the transforms.
+"""
+
+import importlib
+from typing import Any
 
 from samx import analysis, penalties
 from samx.transforms import (
@@ -26,6 +35,19 @@ from samx.transforms import (
 )
 
 __version__ = "0.1.0"
+
+# Subpackages imported on first use.
+_LAZY_SUBPACKAGES = ("data", "models", "train")
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY_SUBPACKAGES:
+    return importlib.import_module(f"samx.{name}")
+  raise AttributeError(f"module 'samx' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), *_LAZY_SUBPACKAGES])
 
 __all__ = [
     "AESAMState",

@@ -75,3 +75,19 @@ def test_the_transforms_import_nothing_else_of_samx():
   for name, edges in graph.items():
     if name.startswith("samx.transforms"):
       assert all(edge.startswith("samx.transforms") for edge in edges), (name, edges)
+
+
+def test_subpackages_are_reachable_after_import_samx_alone():
+  import subprocess
+  import sys
+
+  code = ("import sys, samx\n"
+          "assert 'samx.train' not in sys.modules and 'samx.models' not in sys.modules\n"
+          "assert callable(samx.models.normalization_mask) and callable(samx.models.weight_mask)\n"
+          "assert samx.train.InFlight and samx.train.virtual_cpu_devices_flags(8)\n"
+          "assert samx.data.pipeline and {'models', 'train', 'data'} <= set(dir(samx))\n"
+          "try:\n  samx.nothing\nexcept AttributeError as e:\n  print(e)\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "module 'samx' has no attribute 'nothing'" in result.stdout
