@@ -2,7 +2,11 @@
 
 A mask is a pytree of booleans with the structure of the parameters or a prefix of it (``True``
 for a whole subtree), or a callable from the parameters to such a pytree, as in
-``optax.masked``. ``None`` means every leaf.
+``optax.masked``. ``None`` means every leaf. Flax NNX containers are looked through, in the
+mask and in the parameters: ``nnx.Param`` variables around the leaves, and ``nnx.State``
+against a plain dict with the same keys. So a mask built from ``nnx.state(model, nnx.Param)``
+(``samx.models.normalization_mask``) works with the plain arrays that ``nnx.Optimizer`` hands
+to the transform, and a dict (``nnx.to_pure_dict``) with a state.
 """
 
 from __future__ import annotations
@@ -22,6 +26,30 @@ Mask = PyTree | Callable[[PyTree], PyTree] | None
 
 def _is_bool(leaf: Any) -> bool:
   return isinstance(leaf, bool | np.bool_)
+
+
+def _plain(tree: PyTree) -> PyTree:
+  """``tree`` with Flax NNX containers made plain: each ``nnx.Variable`` replaced by its value
+  and each ``nnx.State`` by a dict (the key paths stay, but for ``.value``)."""
+  from flax import nnx  # Flax is only needed by callers that use NNX modules.
+
+  def is_nnx(node: Any) -> bool:
+    return isinstance(node, nnx.Variable | nnx.State)
+
+  def plain(node: Any) -> Any:
+    if isinstance(node, nnx.Variable):
+      return _plain(node.get_value())
+    if isinstance(node, nnx.State):
+      return {key: _plain(value) for key, value in node.items()}
+    return node
+
+  return jax.tree.map(plain, tree, is_leaf=is_nnx)
+
+
+def _path_key(path: tuple[Any, ...]) -> tuple[Any, ...]:
+  """A leaf's key path without ``nnx.Variable``'s ``.value`` step, dict and State keys alike."""
+  return tuple(getattr(key, "key", getattr(key, "idx", key)) for key in path
+               if not (isinstance(key, jax.tree_util.GetAttrKey) and key.name == "value"))
 
 
 def check_mask(name: str, mask: Mask, *, transform: str) -> None:
@@ -50,17 +78,23 @@ def mask_leaves(name: str, mask: Mask, params: PyTree, *, transform: str) -> lis
   """
   if mask is None:
     return None
-  tree = mask(params) if callable(mask) else mask
+  tree = _plain(mask(params) if callable(mask) else mask)
   check_mask(name, tree, transform=transform)
+  plain_params = _plain(params)
   try:
     full = jax.tree.map(lambda value, subtree: jax.tree.map(lambda _: value, subtree),
-                        tree, params)
+                        tree, plain_params)
   except (ValueError, TypeError) as error:
     raise ArgumentError(
         name,
         f"{transform}: `{name}` must have the structure of the parameters (or a prefix of it); "
         f"{error}") from error
-  return [bool(leaf) for leaf in jax.tree.leaves(full)]
+  flags = jax.tree_util.tree_leaves_with_path(full)
+  paths = [_path_key(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  by_path = {_path_key(path): bool(leaf) for path, leaf in flags}
+  if len(by_path) == len(paths) and all(path in by_path for path in paths):
+    return [by_path[path] for path in paths]  # matched by key: NNX and dict orders may differ
+  return [bool(leaf) for _, leaf in flags]
 
 
 def select(tree: PyTree, selected: list[bool] | None) -> list[jax.Array]:

@@ -554,3 +554,59 @@ def test_saner_follows_the_per_epoch_schedule(net):
     params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
     w = w - lr * expected
   assert seen == pytest.approx([0.8, 0.8, 0.6, 0.6, 0.4, 0.4, 0.4])
+
+
+def test_the_readme_mask_recipes_work_with_nnx_optimizer():
+  """The README's SAM-ON and ASAM-convention recipes, as written, with ``nnx.Optimizer`` (which
+  hands the transform plain arrays, while the masks are built from ``nnx.Param`` variables)."""
+  import optax
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.dense = nnx.Linear(3, 4, rngs=rngs)
+      self.norm = nnx.BatchNorm(4, rngs=rngs)
+      self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(nnx.relu(self.norm(self.dense(x))))
+
+  def loss_fn(outputs, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
+  y = jnp.asarray([0, 1] * 4)
+
+  def one_step(make_tx):
+    model = Net(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, make_tx(model), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+      objective = samx.Objective.from_nnx(model, loss_fn, x, y)
+      grads = nnx.grad(lambda m: loss_fn(m(x), y).mean())(model)  # clean pass
+      optimizer.update(model, grads, objective=objective)
+
+    train_step(model, optimizer, x, y)
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+  sgd = optax.sgd(0.5)
+  sam_on = one_step(lambda model: optax.chain(
+      samx.sam(1.0, perturb_mask=samx.models.normalization_mask(model)), sgd))
+  pure_mask = one_step(lambda model: optax.chain(
+      samx.sam(1.0, perturb_mask=nnx.to_pure_dict(samx.models.normalization_mask(model))),
+      sgd))
+  callable_mask = one_step(lambda model: optax.chain(
+      samx.sam(1.0, perturb_mask=lambda params: samx.models.normalization_mask(model)), sgd))
+  plain = one_step(lambda model: optax.chain(samx.sam(1.0), sgd))
+  for a, b, c in zip(sam_on, pure_mask, callable_mask, strict=True):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+  assert any(not np.array_equal(a, b) for a, b in zip(sam_on, plain, strict=True))
+  asam = one_step(lambda model: optax.chain(
+      samx.sam(1.0, adaptive=True, adaptive_mask=samx.models.weight_mask), sgd))
+  asam_state_mask = one_step(lambda model: optax.chain(
+      samx.sam(1.0, adaptive=True,
+               adaptive_mask=samx.models.weight_mask(nnx.state(model, nnx.Param))), sgd))
+  for a, b in zip(asam, asam_state_mask, strict=True):
+    np.testing.assert_array_equal(a, b)
