@@ -18,6 +18,7 @@ dispatched, so with steps of several seconds (a large model on a CPU) four of th
 would take much of a scheduler's 30-second grace period. :class:`InFlight` times the
 computations it waits for and keeps ``lead_seconds`` of them pending at most (one at least),
 which keeps a device busy all the same: a computation that long hides the host's dispatch.
+Until it has timed two of them it keeps one pending (the first steps of a run).
 
 Example:
   >>> import jax.numpy as jnp
@@ -69,8 +70,11 @@ class InFlight:
 
   @property
   def allowed(self) -> int:
-    """How many computations may be pending now."""
-    if not self.seconds_each:
+    """How many computations may be pending now: one until two completions have been timed
+    (a computation may take minutes), then as many as take about ``lead_seconds``."""
+    if self.seconds_each is None:
+      return 1
+    if self.seconds_each == 0:
       return self.limit
     return max(1, min(self.limit, int(self.lead_seconds / self.seconds_each)))
 

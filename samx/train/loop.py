@@ -246,6 +246,9 @@ class _Training:
     self.history, self.best, self.say = history, BestEpoch(history), say
     self.epoch_metrics = epoch_metrics
     self.arrays = {"input": trainer.data.train["input"], "label": trainer.data.train["label"]}
+    # The host stays a few steps, about a second, ahead (see samx.train.in_flight); the
+    # window is the run's, so it keeps its timing from one epoch to the next.
+    self.in_flight = InFlight()
     self.schedule = checkpoints.CheckpointSchedule(
         config.checkpoint_every_steps, config.checkpoint_every_minutes) if directory else None
 
@@ -279,11 +282,10 @@ class _Training:
     batches = pipeline.batches(self.arrays, config.batch_size, seed=config.seed,
                                epoch=done.epoch, mesh=self.trainer.mesh, batch_axis=BATCH_AXIS,
                                start=len(done.metrics))
-    in_flight = InFlight()  # the host stays a few steps ahead (see samx.train.in_flight)
     for batch in pipeline.prefetch(batches, config.data.prefetch):
       state, step_metrics = self.step_fn(state, batch)
       metrics.append(step_metrics)
-      in_flight.add(step_metrics)
+      self.in_flight.add(step_metrics)
       self.bar.update(step_metrics)
       stopping.inject("step")
       step = first_step + len(metrics)

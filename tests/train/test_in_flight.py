@@ -26,10 +26,13 @@ class Output:
 def test_waits_for_the_oldest_once_more_than_limit_are_pending():
   waited: list[int] = []
   in_flight = InFlight(limit=2)
-  for index in range(6):
+  pending = []
+  for index in range(7):
     in_flight.add({"metrics": Output(index, waited)})
-    assert in_flight.pending == min(index + 1, 2)
-    assert waited == list(range(max(0, index - 1)))  # all but the two newest, oldest first
+    pending.append(in_flight.pending)
+  # one pending until two completions are timed (they take microseconds), then the limit
+  assert pending == [1, 1, 1, 2, 2, 2, 2]
+  assert waited == [0, 1, 2, 3, 4]  # all but the two newest, oldest first
 
 
 def test_long_computations_keep_the_host_about_lead_seconds_ahead():
@@ -81,8 +84,9 @@ def test_training_and_evaluation_keep_at_most_the_limit_in_flight(monkeypatch):
       "eval_batch_size=128", "train_eval_examples=256"])
   train.run(config, log=None)
   steps_per_epoch = 1024 // config.batch_size
-  # per epoch: the training pass, then the test set (4 batches) and the training subset (2)
-  assert [w.added for w in windows] == [steps_per_epoch, 512 // 128, 256 // 128] * 2
+  # one window for the run's training steps; per evaluation, the test set (4 batches) and the
+  # training subset (2)
+  assert [w.added for w in windows] == [2 * steps_per_epoch] + [512 // 128, 256 // 128] * 2
   assert max(w.most_pending for w in windows) == MAX_IN_FLIGHT
 
 

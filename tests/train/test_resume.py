@@ -17,6 +17,7 @@ SETTINGS = ["--set", "epochs=5", "--set", "checkpoint_every=1", "--set", "optimi
             "--set", "data.options.train_size=24576", "--set", "model.hidden=384,384",
             "--set", "keep_checkpoints=10"]
 TIMING_KEYS = ("epoch_seconds", "images_per_second", "steps_per_second")
+STEPS_PER_EPOCH = 24576 // 128  # checkpoints are named by their step
 
 
 def samx_train(*args):
@@ -42,14 +43,14 @@ def test_resume_after_kill_is_exact(tmp_path):
   process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 300
-  while not (killed / "checkpoints" / "2").exists():
+  while not (killed / "checkpoints" / str(2 * STEPS_PER_EPOCH)).exists():  # epoch 2's
     assert process.poll() is None, "the run ended before it could be killed"
     assert time.monotonic() < deadline
     time.sleep(0.02)
   process.send_signal(signal.SIGKILL)
   process.wait()
   done = {p.name for p in (killed / "checkpoints").iterdir() if p.name.isdigit()}
-  assert "5" not in done  # it was killed before the end
+  assert str(5 * STEPS_PER_EPOCH) not in done  # it was killed before the end
 
   command, env = samx_train("--resume", str(killed))
   subprocess.run(command, env=env, check=True, capture_output=True)
