@@ -140,9 +140,13 @@ def _divergence_message(config: Config, divergence: Divergence, epoch: int) -> s
   tries = [f"a lower optimizer.learning_rate (now {o.learning_rate:g})"]
   if o.name != "sgd":
     tries.append(f"a lower optimizer.rho (now {o.rho:g})")
-  tries += [f"a learning-rate warmup (schedule.warmup_epochs, now "
-            f"{config.schedule.warmup_epochs:g})",
-            "optimizer.skip_nonfinite=N to skip up to N non-finite steps in a row"]
+  tries.append(f"a learning-rate warmup (schedule.warmup_epochs, now "
+               f"{config.schedule.warmup_epochs:g})")
+  if o.skip_nonfinite:
+    tries.append(f"a larger optimizer.skip_nonfinite (now {o.skip_nonfinite}: more non-finite "
+                 f"steps than that came in a row)")
+  else:
+    tries.append("optimizer.skip_nonfinite=N to skip up to N non-finite steps in a row")
   return (f"training diverged at step {divergence.step} (epoch {epoch}): the loss became "
           f"{divergence.loss}, or the parameters stopped being finite; {last}. Try "
           f"{', '.join(tries[:-1])}, or {tries[-1]}.")
@@ -155,6 +159,7 @@ def _summary(trainer: Trainer, state: TrainState, history: list[dict[str, Any]],
   return {
       "status": "finished",
       "dataset": data.name, "optimizer": method_label(config), "model": config.model.name,
+      "dtype": config.model.dtype,
       "parameters": parameter_count(state), "noise_rate": data.noise_rate,
       "devices": trainer.mesh.size, "processes": jax.process_count(),
       "epochs": config.epochs, "steps": trainer.total_steps,
@@ -561,7 +566,8 @@ def _run(config: Config, directory: RunDirectory | None, action: str,
   data = trainer.data
   say(f"{data.name}: {len(data.train['label'])} training examples ({data.noise_rate:.0%} noisy "
       f"labels), {len(data.test['label'])} test; {config.model.name} with "
-      f"{parameter_count(state):,} parameters; {method_label(config)}; {trainer.mesh.size} "
+      f"{parameter_count(state):,} parameters, computing in {config.model.dtype}; "
+      f"{method_label(config)}; {trainer.mesh.size} "
       f"device(s), {jax.process_count()} process(es)")
   step_arrays = {"input": data.train["input"], "label": data.train["label"]}
   try:
