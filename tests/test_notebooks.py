@@ -67,9 +67,6 @@ def check_label_noise_story(notebook, out):
 def test_jupyter_nbconvert_runs_a_notebook_into_a_copy(tmp_path):
   """The usual way to run a notebook works with the notebooks extra, and leaves the stored
   notebook as it is."""
-  import subprocess
-  import sys
-
   stored = ROOT / "notebooks" / "06_scaling.ipynb"
   before = stored.read_bytes()
   result = subprocess.run(
