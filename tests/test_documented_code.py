@@ -43,7 +43,7 @@ x = jnp.ones((4, 32, 32, 3))
 y = jnp.asarray([0, 1, 2, 3])
 """
 
-# first line of a block (stripped) -> (setup, check after the block, needs the data files)
+# a line of a block -> (setup, check after the block, needs the data files)
 SETUPS = {
     'config = train.override(train.preset("quickstart"), ["optimizer.name=saner", "epochs=8"])':
         ("", "assert 0 < result.summary['best_test_accuracy'] <= 1", False),
@@ -109,13 +109,19 @@ def expected_output(source):
   return [line[2:] for line in lines[prints[-1] + 1:] if line.startswith("# ")]
 
 
-@pytest.mark.parametrize(("document", "line", "source"), BLOCKS,
-                         ids=[f"{d}:{n}" for d, n, _ in BLOCKS])
+# Blocks that train (seconds each) run with the slow tests, which CI runs too.
+SLOW_BLOCKS = ("train.run(", "@nnx.jit")
+
+
+@pytest.mark.parametrize(("document", "line", "source"), [
+    pytest.param(d, n, source, marks=[pytest.mark.slow] * any(k in source for k in SLOW_BLOCKS))
+    for d, n, source in BLOCKS], ids=[f"{d}:{n}" for d, n, _ in BLOCKS])
 def test_every_documented_block_runs_as_written(document, line, source, tmp_path, monkeypatch):
-  first = source.strip().splitlines()[0].strip()
-  assert first in SETUPS, (f"{document}:{line}: a new Python block; give it a setup in "
-                           f"tests/test_documented_code.py so that it runs as a test")
-  setup, check, needs_data = SETUPS[first]
+  keys = [key for key in SETUPS if key in source.splitlines() or key in (
+      text.strip() for text in source.splitlines())]
+  assert len(keys) == 1, (f"{document}:{line}: a new Python block; give it a setup in "
+                          f"tests/test_documented_code.py so that it runs as a test")
+  setup, check, needs_data = SETUPS[keys[0]]
   if needs_data and not DATA_DIR:
     pytest.skip("needs SAMX_DATA_DIR")
   monkeypatch.chdir(tmp_path)  # runs/ and other outputs go here
@@ -132,5 +138,5 @@ def test_every_documented_block_runs_as_written(document, line, source, tmp_path
 
 
 def test_every_setup_is_used():
-  firsts = {source.strip().splitlines()[0].strip() for _, _, source in BLOCKS}
-  assert set(SETUPS) <= firsts, set(SETUPS) - firsts
+  lines = {text.strip() for _, _, source in BLOCKS for text in source.splitlines()}
+  assert set(SETUPS) <= lines, set(SETUPS) - lines
