@@ -6,8 +6,8 @@ import json
 import pytest
 
 from samx import cli, train
-from samx.train.compare import parse_optimizer_spec
 from samx.train import loop
+from samx.train.compare import parse_optimizer_spec
 
 SMALL = ["data.options.train_size=512", "data.options.test_size=256", "epochs=2",
          "eval_batch_size=256"]
