@@ -288,6 +288,11 @@ class _Training:
                                epoch=done.epoch, mesh=self.trainer.mesh, batch_axis=BATCH_AXIS,
                                start=len(done.metrics))
     for batch in pipeline.prefetch(batches, config.data.prefetch):
+      # Room first, then the stop request: a stop then waits for the steps in flight only
+      # (one, when steps are long), not for one more dispatched while waiting.
+      self.in_flight.make_room()
+      if metrics and self.stops.reached(first_step + len(metrics)):
+        raise _Stop(state, so_far())
       state, step_metrics = self.step_fn(state, batch)
       metrics.append(step_metrics)
       self.in_flight.add(step_metrics)
@@ -296,13 +301,13 @@ class _Training:
       step = first_step + len(metrics)
       if len(metrics) % CHECK_EVERY == 0 and float(metrics[-LAG]["nonfinite"]) > 0:
         break
-      if self.stops.reached(step):
-        raise _Stop(state, so_far())
       if self.schedule is not None and self.schedule.due(step):
         steps = so_far()
         if _first_divergence(steps.metrics, 0) is not None:
           break  # diverged: reported at the end of the pass, nothing saved
         self.save(state, steps)
+    if metrics and self.stops.reached(first_step + len(metrics)):  # the epoch's last step
+      raise _Stop(state, so_far())
     return state, so_far()
 
   def epoch(self, state: TrainState, done: EpochSteps) -> TrainState:
