@@ -2,10 +2,10 @@
 ``samx compare``, and the ``mnist-cpu`` accuracy with a fresh ``samx train``.
 
 The runs are deterministic on one machine, but floating-point results depend on the versions of
-JAX, XLA and NumPy (and can on the CPU's vector instructions), so the figures are stated for the
-versions in ``constraints.txt``: with exactly those installed (CI installs them) the table must
-match to the last digit; with others the test says which versions differ and checks the table
-within the spread README.md gives for other environments.
+JAX, XLA and NumPy and on the CPU's vector instructions (XLA compiles for the CPU it runs on), so
+the figures are stated for the versions in ``constraints.txt`` on an x86-64 CPU with AVX-512:
+there the table must match to the last digit; elsewhere the test checks it within the spread
+that README.md gives (measured with ``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` and ``SSE4_2``).
 """
 
 import importlib.metadata
@@ -20,8 +20,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-# The largest difference of a figure in the quick-start table between environments (README).
-SPREAD = 0.05
+# The largest difference of a figure in the quick-start table between environments: 0.046
+# measured (L-SAM's memorization under SSE4.2 against AVX-512; README.md), with a margin.
+SPREAD = 0.06
 
 
 def pinned_versions() -> dict[str, str]:
@@ -44,6 +45,18 @@ def other_versions() -> list[str]:
       installed = "missing"
     if installed != version:
       differ.append(f"{name} {installed} ({version} pinned)")
+  return differ
+
+
+def same_environment() -> list[str]:
+  """What differs from the environment the figures were measured in (empty: nothing)."""
+  differ = other_versions()
+  flags = ""
+  if pathlib.Path("/proc/cpuinfo").exists():
+    flags = pathlib.Path("/proc/cpuinfo").read_text()
+  if "avx512f" not in flags.split() or "XLA_FLAGS" in os.environ and "isa" in os.environ[
+      "XLA_FLAGS"]:
+    differ.append("a CPU without AVX-512 (or its use turned off)")
   return differ
 
 
@@ -82,7 +95,7 @@ def test_the_quick_start_table_is_what_samx_compare_prints(tmp_path):
              for label, s in summaries.items()}
   documented = readme_quickstart_table()
   assert list(printed) == list(documented)
-  differ = other_versions()
+  differ = same_environment()
   if not differ:
     assert printed == documented
     return
@@ -98,7 +111,7 @@ def test_the_mnist_cpu_accuracy_is_what_samx_train_prints(tmp_path):
   run("train", "--no-progress", "--preset", "mnist-cpu", "--run-dir", str(tmp_path / "run"))
   accuracy = json.loads((tmp_path / "run" / "summary.json").read_text())["best_test_accuracy"]
   shown = float(re.search(r"2 epochs of SGD \((\d+\.\d+)% test accuracy", README).group(1))
-  if not other_versions():
+  if not same_environment():
     assert f"{100 * accuracy:.1f}" == f"{shown:.1f}"
   else:
     assert abs(100 * accuracy - shown) <= 100 * SPREAD
