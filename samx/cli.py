@@ -4,7 +4,6 @@
     samx train --preset saner-cifar10-cpu --set optimizer.name=sam --set epochs=5
     samx train --resume runs/saner-cifar10-cpu/sam   # continue a killed run exactly
     samx compare --preset fashion-mnist-noise-cpu --optimizers sgd,sam,saner,jsam,lsam
-
     samx train --preset saner-cifar10 --run-dir R --resume-if-exists   # start, or continue R
 
 Exit status: 0 done (or nothing to do); 1 a file could not be written or read (a full disk, a
@@ -42,12 +41,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                       metavar="KEY=VALUE",
                       help="change one field, e.g. --set optimizer.rho=0.1 (repeatable)")
   parser.add_argument("--no-progress", action="store_true", help="one line per epoch, no bar")
-  parser.add_argument("--coordinator-address", default=os.environ.get("SAMX_COORDINATOR_ADDRESS"))
-  parser.add_argument("--num-processes", type=int,
-                      default=_int_env("SAMX_NUM_PROCESSES"))
-  parser.add_argument("--process-id", type=int, default=_int_env("SAMX_PROCESS_ID"))
-  parser.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() with cluster auto-detection")
+  hosts = parser.add_argument_group(
+      "several hosts", "one process per host, each started with the same command (see "
+      "jax.distributed.initialize)")
+  hosts.add_argument("--coordinator-address", metavar="HOST:PORT",
+                     default=os.environ.get("SAMX_COORDINATOR_ADDRESS"),
+                     help="where process 0 listens (default $SAMX_COORDINATOR_ADDRESS)")
+  hosts.add_argument("--num-processes", type=int, metavar="N",
+                     default=_int_env("SAMX_NUM_PROCESSES"),
+                     help="how many processes in all (default $SAMX_NUM_PROCESSES)")
+  hosts.add_argument("--process-id", type=int, metavar="I", default=_int_env("SAMX_PROCESS_ID"),
+                     help="this process, from 0 (default $SAMX_PROCESS_ID)")
+  hosts.add_argument("--distributed", action="store_true",
+                     help="instead of the three above: let JAX detect the cluster (Cloud TPU, "
+                     "SLURM, Open MPI)")
 
 
 def _int_env(name: str) -> int | None:
@@ -56,7 +63,11 @@ def _int_env(name: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="samx", description=__doc__.split("\n\n")[0])
+  plain = __doc__.replace("``", "")  # the docstring without its reStructuredText markup
+  parser = argparse.ArgumentParser(
+      prog="samx", description=plain.split("\n\n")[0],
+      epilog="\n\n".join(plain.split("\n\n")[1:]),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   train = commands.add_parser("train", help="train one configuration")
   _add_common(train)
@@ -174,6 +185,7 @@ def _main(args: argparse.Namespace) -> int:
                   tensorboard=args.tensorboard)
       else:
         config = train.override(train.preset(args.preset), args.overrides)
+        _warn_about_unused_sections(config, args.overrides)
         run_dir = pathlib.Path(args.run_dir or pathlib.Path("runs") / args.preset / (
             f"{method_label(config)}-seed{config.seed}"))
         train.run(config, run_dir, resume="auto" if args.resume_if_exists else False,
@@ -211,6 +223,19 @@ def _main(args: argparse.Namespace) -> int:
   except OSError as error:  # a file that cannot be written or read: a full disk, permissions
     print(f"samx: error: {_describe_os_error(error)}", file=sys.stderr)
     return 1
+
+
+def _warn_about_unused_sections(config, overrides: list[str]) -> None:
+  """Says which ``--set`` values the run ignores: those of a method section that the chosen
+  method does not read (``--set looksam.k=3`` with ``optimizer.name=sam``)."""
+  from samx.train.config import unused_sections
+
+  unused = set(unused_sections(config))
+  for override in overrides:
+    section = override.partition("=")[0].strip().split(".")[0]
+    if section in unused:
+      print(f"samx: warning: {override.strip()} is ignored: optimizer.name="
+            f"{config.optimizer.name} does not use the {section} section.", file=sys.stderr)
 
 
 def _describe_os_error(error: OSError) -> str:

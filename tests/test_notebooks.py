@@ -4,6 +4,7 @@ are the ones notebooks/make_notebooks.py writes."""
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -60,3 +61,18 @@ def check_label_noise_story(notebook, out):
            if "text/markdown" in output.get("data", {})]
   story = next(text for text in texts if text.startswith("SGD's test accuracy peaks"))
   assert "falls to" in story and "no fewer" not in story
+
+
+@pytest.mark.slow
+def test_jupyter_nbconvert_runs_a_notebook_into_a_copy(tmp_path):
+  """The usual way to run a notebook works with the notebooks extra, and leaves the stored
+  notebook as it is."""
+  stored = ROOT / "notebooks" / "06_scaling.ipynb"
+  before = stored.read_bytes()
+  result = subprocess.run(
+      [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+       str(stored), "--output-dir", str(tmp_path)], capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / "06_scaling.ipynb").exists()
+  assert stored.read_bytes() == before

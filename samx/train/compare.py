@@ -11,14 +11,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from samx.train import run_lock
-from samx.train.config import Config, override, validate
+from samx.train.config import LEGACY_KEYS, Config, OptimizerConfig, override, validate
 from samx.train.errors import (
     ConfigError,
     RunDirectoryError,
     TrainingDivergedError,
     TrainingInterrupted,
 )
-from samx.train.files import remove_temporaries, write_atomic
+from samx.train.files import RunFileError, read_json, remove_temporaries, write_atomic
 from samx.train.loop import RunResult, finished_run, run
 from samx.train.methods import METHODS
 from samx.train.run_dir import decide, describe_differences, is_writer, strict_json
@@ -50,8 +50,9 @@ def parse_optimizer_spec(spec: str) -> tuple[str, list[str]]:
   if not name:
     raise ConfigError(f"--optimizers entries look like NAME or NAME+key=value; got {spec!r}.")
   section = _section_of(name)
-  own = set() if section is None else {f.name for f in dataclasses.fields(
-      type(getattr(Config(), section)))}
+  own = [] if section is None else [f.name for f in dataclasses.fields(
+      type(getattr(Config(), section)))]
+  shared = [f.name for f in dataclasses.fields(OptimizerConfig) if f.name != "name"]
   assignments = [f"optimizer.name={name}"]
   for setting in settings:
     key, sep, _ = setting.partition("=")
@@ -61,8 +62,16 @@ def parse_optimizer_spec(spec: str) -> tuple[str, list[str]]:
                         f"sam+rho=0.1+group_size=1); got {spec!r}.")
     if "." in key:
       assignments.append(setting)
+    elif key in own:
+      assignments.append(f"{section}.{setting}")
+    elif key in shared or f"optimizer.{key}" in LEGACY_KEYS:
+      assignments.append(f"optimizer.{setting}")
     else:
-      assignments.append(f"{section if key in own else 'optimizer'}.{setting}")
+      accepted = (f"{name}'s own options (the {section} section): {', '.join(own)}; "
+                  if own else "")
+      raise ConfigError(f"unknown option {key!r} in --optimizers entry {spec.strip()!r}; "
+                        f"{accepted}the options every method shares (the optimizer section): "
+                        f"{', '.join(shared)}.")
   return spec.strip(), assignments
 
 
@@ -104,6 +113,7 @@ def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | path
   Needs matplotlib; returns the path of the image.
   """
   from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
+  from matplotlib.ticker import MaxNLocator
 
   panels = (("test_accuracy", "test accuracy"),
             ("noisy_memorization", "noisy labels memorized (train)"))
@@ -117,6 +127,7 @@ def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | path
         axis.plot(epochs, values, marker="o" if len(points) < 30 else None, markersize=3,
                   label=name)
     axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axis.set_ylabel(label)
     axis.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
@@ -148,6 +159,24 @@ def _plan(configs: dict[str, Config], out_dir: pathlib.Path, overwrite: bool,
         f"Nothing was trained. Write to another directory (--out), or replace them with "
         f"--overwrite.")
   return plan
+
+
+def _say_what_the_table_replaces(out_dir: pathlib.Path, labels: list[str],
+                                 say: Callable[[str], None]) -> None:
+  """Says so when the table and plot of ``out_dir`` held other entries before."""
+  path = out_dir / "compare.json"
+  if not path.exists():
+    return
+  try:
+    before = list(read_json(path, what="the previous table", advice="it is replaced"))
+  except (RunFileError, TypeError):
+    return
+  if before != labels:
+    gone = [label for label in before if label not in labels]
+    say(f"{out_dir}: the table and plot listed {', '.join(before)}; they now list "
+        f"{', '.join(labels)}" + (f" (the runs of {', '.join(gone)} stay in their directories; "
+                                  f"list them in --optimizers to see them again, or use --out "
+                                  f"for a separate comparison)" if gone else "") + ".")
 
 
 def run_dir_name(label: str) -> str:
@@ -252,6 +281,7 @@ def _compare(config: Config, configs: dict[str, Config], out_dir: pathlib.Path |
   summaries = {label: result.summary for label, result in results.items()}
   say("\n" + format_table(summaries))
   if out_dir is not None:
+    _say_what_the_table_replaces(out_dir, list(summaries), say)
     write_atomic(out_dir / "compare.md", format_table(summaries, markdown=True) + "\n")
     write_atomic(out_dir / "compare.json", strict_json(summaries, indent=2) + "\n")
     first = next(iter(results.values()))

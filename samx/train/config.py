@@ -481,6 +481,17 @@ def method_section(config: Config) -> Any:
   return None if section is None else getattr(config, section)
 
 
+# Each method section and a method whose options it holds.
+SECTION_METHODS = {entry.section: name for name, entry in reversed(METHODS.items())
+                   if entry.section is not None}
+
+
+def unused_sections(config: Config) -> list[str]:
+  """The method sections that ``config.optimizer.name`` does not read."""
+  used = method(config.optimizer.name).section
+  return [name for name in SECTION_METHODS if name != used]
+
+
 def _non_finite_number(config: Config) -> tuple[str, float] | None:
   """The first float field (``key``, value) of ``config`` that is NaN or infinite."""
   def fields(obj, prefix):
@@ -541,8 +552,14 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(o.adaptive_mask in ADAPTIVE_MASK_CHOICES, "optimizer.adaptive_mask",
          f"one of {', '.join(ADAPTIVE_MASK_CHOICES)}", o.adaptive_mask)
   shared = {**o.shared_options(), **mask_options(o.name, o.perturb, o.adaptive_mask)}
-  transform = build_transform(o.name, shared, method_section(config),
-                              Steps(per_epoch=1, total=max(config.epochs, 1)))
+  steps = Steps(per_epoch=1, total=max(config.epochs, 1))
+  transform = build_transform(o.name, shared, method_section(config), steps)
+  for name in unused_sections(config):  # checked too: a bad value is refused wherever it is
+    try:
+      build_transform(SECTION_METHODS[name], shared, getattr(config, name), steps)
+    except ConfigError as error:
+      raise ConfigError(str(error).replace(f"(optimizer.name={SECTION_METHODS[name]})", (
+          f"(in the {name} section, which optimizer.name={o.name} does not use)"))) from None
   _check(config.penalty.feature_coef >= 0, "penalty.feature_coef", ">= 0",
          config.penalty.feature_coef)
   _check(config.penalty.weight_coef >= 0, "penalty.weight_coef", ">= 0",

@@ -83,10 +83,20 @@ class InFlight:
     oldest recorded one is computed while more are pending than :attr:`allowed`."""
     self._outputs.append(outputs)
     while len(self._outputs) > self.allowed:
-      jax.block_until_ready(self._outputs.popleft())
-      done = self._clock()
-      if self._last_done is not None:  # completions waited for back to back: one's duration
-        interval = done - self._last_done
-        self.seconds_each = interval if self.seconds_each is None else (
-            0.5 * self.seconds_each + 0.5 * interval)
-      self._last_done = done
+      self._wait_for_oldest()
+
+  def make_room(self) -> None:
+    """Blocks until fewer than :attr:`allowed` are pending, so that the next computation can
+    be dispatched without waiting. Called before dispatching, it lets the caller look at a
+    stop request with nothing more in flight than needed (one long step, not two)."""
+    while self._outputs and len(self._outputs) >= self.allowed:
+      self._wait_for_oldest()
+
+  def _wait_for_oldest(self) -> None:
+    jax.block_until_ready(self._outputs.popleft())
+    done = self._clock()
+    if self._last_done is not None:  # completions waited for back to back: one's duration
+      interval = done - self._last_done
+      self.seconds_each = interval if self.seconds_each is None else (
+          0.5 * self.seconds_each + 0.5 * interval)
+    self._last_done = done

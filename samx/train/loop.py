@@ -140,9 +140,13 @@ def _divergence_message(config: Config, divergence: Divergence, epoch: int) -> s
   tries = [f"a lower optimizer.learning_rate (now {o.learning_rate:g})"]
   if o.name != "sgd":
     tries.append(f"a lower optimizer.rho (now {o.rho:g})")
-  tries += [f"a learning-rate warmup (schedule.warmup_epochs, now "
-            f"{config.schedule.warmup_epochs:g})",
-            "optimizer.skip_nonfinite=N to skip up to N non-finite steps in a row"]
+  tries.append(f"a learning-rate warmup (schedule.warmup_epochs, now "
+               f"{config.schedule.warmup_epochs:g})")
+  if o.skip_nonfinite:
+    tries.append(f"a larger optimizer.skip_nonfinite (now {o.skip_nonfinite}: more non-finite "
+                 f"steps than that came in a row)")
+  else:
+    tries.append("optimizer.skip_nonfinite=N to skip up to N non-finite steps in a row")
   return (f"training diverged at step {divergence.step} (epoch {epoch}): the loss became "
           f"{divergence.loss}, or the parameters stopped being finite; {last}. Try "
           f"{', '.join(tries[:-1])}, or {tries[-1]}.")
@@ -155,6 +159,7 @@ def _summary(trainer: Trainer, state: TrainState, history: list[dict[str, Any]],
   return {
       "status": "finished",
       "dataset": data.name, "optimizer": method_label(config), "model": config.model.name,
+      "dtype": config.model.dtype,
       "parameters": parameter_count(state), "noise_rate": data.noise_rate,
       "devices": trainer.mesh.size, "processes": jax.process_count(),
       "epochs": config.epochs, "steps": trainer.total_steps,
@@ -283,6 +288,11 @@ class _Training:
                                epoch=done.epoch, mesh=self.trainer.mesh, batch_axis=BATCH_AXIS,
                                start=len(done.metrics))
     for batch in pipeline.prefetch(batches, config.data.prefetch):
+      # Room first, then the stop request: a stop then waits for the steps in flight only
+      # (one, when steps are long), not for one more dispatched while waiting.
+      self.in_flight.make_room()
+      if metrics and self.stops.reached(first_step + len(metrics)):
+        raise _Stop(state, so_far())
       state, step_metrics = self.step_fn(state, batch)
       metrics.append(step_metrics)
       self.in_flight.add(step_metrics)
@@ -291,13 +301,13 @@ class _Training:
       step = first_step + len(metrics)
       if len(metrics) % CHECK_EVERY == 0 and float(metrics[-LAG]["nonfinite"]) > 0:
         break
-      if self.stops.reached(step):
-        raise _Stop(state, so_far())
       if self.schedule is not None and self.schedule.due(step):
         steps = so_far()
         if _first_divergence(steps.metrics, 0) is not None:
           break  # diverged: reported at the end of the pass, nothing saved
         self.save(state, steps)
+    if metrics and self.stops.reached(first_step + len(metrics)):  # the epoch's last step
+      raise _Stop(state, so_far())
     return state, so_far()
 
   def epoch(self, state: TrainState, done: EpochSteps) -> TrainState:
@@ -561,7 +571,8 @@ def _run(config: Config, directory: RunDirectory | None, action: str,
   data = trainer.data
   say(f"{data.name}: {len(data.train['label'])} training examples ({data.noise_rate:.0%} noisy "
       f"labels), {len(data.test['label'])} test; {config.model.name} with "
-      f"{parameter_count(state):,} parameters; {method_label(config)}; {trainer.mesh.size} "
+      f"{parameter_count(state):,} parameters, computing in {config.model.dtype}; "
+      f"{method_label(config)}; {trainer.mesh.size} "
       f"device(s), {jax.process_count()} process(es)")
   step_arrays = {"input": data.train["input"], "label": data.train["label"]}
   try:

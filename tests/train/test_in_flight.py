@@ -48,6 +48,8 @@ def test_long_computations_keep_the_host_about_lead_seconds_ahead():
     in_flight.add(Output(index, waited))
   assert in_flight.seconds_each == 3.0
   assert in_flight.allowed == 1 and in_flight.pending == 1  # a stop waits for one step, not 4
+  in_flight.make_room()  # before the next dispatch: nothing left in flight
+  assert in_flight.pending == 0 and waited == list(range(8))
   fast = InFlight(limit=4, lead_seconds=1.0, clock=lambda: (now.__setitem__(0, now[0] + 0.1)
                                                             or now[0]))
   for index in range(8):
