@@ -554,9 +554,10 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   shared = {**o.shared_options(), **mask_options(o.name, o.perturb, o.adaptive_mask)}
   steps = Steps(per_epoch=1, total=max(config.epochs, 1))
   transform = build_transform(o.name, shared, method_section(config), steps)
+  neutral = OptimizerConfig().shared_options()  # the section's own values alone are checked
   for name in unused_sections(config):  # checked too: a bad value is refused wherever it is
     try:
-      build_transform(SECTION_METHODS[name], shared, getattr(config, name), steps)
+      build_transform(SECTION_METHODS[name], neutral, getattr(config, name), steps)
     except ConfigError as error:
       raise ConfigError(str(error).replace(f"(optimizer.name={SECTION_METHODS[name]})", (
           f"(in the {name} section, which optimizer.name={o.name} does not use)"))) from None
