@@ -216,6 +216,7 @@ def test_a_stopped_comparison_says_to_run_it_again_and_then_finishes(tmp_path, s
   assert (out / "compare.md").exists()
 
 
+@pytest.mark.slow  # a training subprocess (the in-process tests cover the same path)
 def test_the_signal_is_honoured_in_the_cli_with_status_75(tmp_path):
   """A real SIGTERM from outside, at a random moment of training."""
   run_dir = tmp_path / "run"
