@@ -291,10 +291,10 @@ class Checkpoints:
     """The checkpoint of ``step``, with the structure, dtypes and shardings of ``like``."""
     return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
 
-  def _newest_verified(self, excluded: set[int]) -> int:
+  def _newest_verified(self, excluded: set[int], problems: list[tuple[int, str]]) -> int:
     """The newest checkpoint (-1: none) not in ``excluded`` whose files match their checksums
     (or that has none, from an earlier version); adds the damaged ones it passes to
-    ``excluded`` with their problems in ``self._problems``."""
+    ``excluded``, and their problems to ``problems``."""
     for step in reversed(saved_steps(self.run_dir)):
       if step in excluded:
         continue
@@ -302,7 +302,7 @@ class Checkpoints:
       if problem is None or problem == f"it has no {CHECKSUM_FILE}":
         return step
       excluded.add(step)
-      self._problems.append((step, problem))
+      problems.append((step, problem))
     return -1
 
   def restore_latest(self, like: Any, say: Callable[[str], None]
@@ -310,10 +310,11 @@ class Checkpoints:
     """The newest intact checkpoint: ``(step, state, progress)``. Damaged newer ones are set
     aside, each with a message through ``say``; if none is intact, :class:`RunFileError`.
     Process 0 chooses, and every process restores the same one."""
-    self._problems: list[tuple[int, str]] = []
+    problems: list[tuple[int, str]] = []
     tried: set[int] = set()
     while True:
-      step = agreement.from_process_zero(self._newest_verified(tried) if self._writer else -1)
+      step = agreement.from_process_zero(
+          self._newest_verified(tried, problems) if self._writer else -1)
       if step < 0:
         break
       try:
@@ -321,23 +322,24 @@ class Checkpoints:
       except Exception as error:  # the checkpoint library's own error: a damaged file
         state, failure = None, f"orbax could not read it ({type(error).__name__}: {error})"
       if agreement.on_every_process(failure is None):
-        self._report(step, say)
+        self._report(step, problems, say)
         return step, state, read_progress(self.run_dir, step)
       tried.add(step)
-      self._problems.append((step, failure or "another process could not read it"))
-    listed = "; ".join(f"{describe(self.run_dir, s)}: {p}" for s, p in self._problems)
+      problems.append((step, failure or "another process could not read it"))
+    listed = "; ".join(f"{describe(self.run_dir, s)}: {p}" for s, p in problems)
     raise RunFileError(errno.EIO, f"no intact checkpoint in {self.directory} "
                        f"({listed or 'there is none'}). Nothing was changed; start the run "
                        f"again with --overwrite, or restore the directory from a backup.")
 
-  def _report(self, step: int, say: Callable[[str], None]) -> None:
+  def _report(self, step: int, problems: list[tuple[int, str]],
+              say: Callable[[str], None]) -> None:
     """Sets the damaged checkpoints aside (process 0) and says what was done."""
-    for damaged, problem in self._problems:
+    for damaged, problem in problems:
       what = describe(self.run_dir, damaged)
       where = (_set_aside(self.run_dir, self.directory / str(damaged)) if self._writer else
                self.directory / str(damaged))
       say(f"the checkpoint of {what} is damaged ({problem}); moved it to {where}")
-    if self._problems:
+    if problems:
       say(f"falling back to the checkpoint of {describe(self.run_dir, step)}, the newest "
           f"intact one")
       self._manager.reload()  # every process reads the directory anew

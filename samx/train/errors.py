@@ -12,8 +12,9 @@ class RunDirectoryError(FileExistsError):
 
 class TrainingDivergedError(RuntimeError):
   """The loss or the parameters became NaN or infinite; the message names the step, the epoch,
-  the last finite loss and what to try. The run directory keeps the metrics and the checkpoint
-  of the last good epoch, and its ``summary.json`` records where the run diverged.
+  the last finite loss and what to try. The run directory keeps the metrics of the last good
+  epoch and the checkpoints saved before it diverged, and its ``summary.json`` records where
+  the run diverged.
 
   Attributes:
     step: the first step (counted from 1) whose loss or parameters were not finite.

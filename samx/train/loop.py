@@ -183,13 +183,17 @@ class EpochSteps(NamedTuple):
   metrics: list[dict[str, Any]]
   seconds: float
 
+  def last_step(self, steps_per_epoch: int) -> int:
+    """The run's step count after these steps."""
+    return self.epoch * steps_per_epoch + len(self.metrics)
+
   def progress(self, steps_per_epoch: int) -> dict[str, Any]:
     """The ``samx-progress.json`` of a checkpoint at the last of these steps (strict JSON:
     a non-finite metric is written as ``null``)."""
     names = list(self.metrics[0]) if self.metrics else []
     values = {name: [float(m[name]) for m in self.metrics] for name in names}
     return json.loads(strict_json({
-        "format": 1, "step": self.epoch * steps_per_epoch + len(self.metrics),
+        "format": 1, "step": self.last_step(steps_per_epoch),
         "steps_per_epoch": steps_per_epoch, "epoch": self.epoch, "seconds": self.seconds,
         "step_metrics": values}))
 
@@ -241,16 +245,17 @@ class _Stop(Exception):  # noqa: N818 (a control-flow signal, not an error)
 class _Training:
   """One run's epochs: the compiled step, evaluation, the record, checkpoints and stops."""
 
-  def __init__(self, trainer: Trainer, step_fn, evaluator, directory: RunDirectory | None,
+  def __init__(self, trainer: Trainer, step_fn, arrays: dict[str, np.ndarray], evaluator,
+               directory: RunDirectory | None,
                store: checkpoints.Checkpoints | None, stops: stopping.StopSignals,
                bar: ProgressBar, history: list[dict[str, Any]], say: Callable[[str], None],
                epoch_metrics: EpochMetrics | None):
     config = trainer.config
     self.trainer, self.config, self.step_fn, self.evaluator = trainer, config, step_fn, evaluator
+    self.arrays = arrays  # the training inputs and (given) labels the steps take
     self.directory, self.store, self.stops, self.bar = directory, store, stops, bar
     self.history, self.best, self.say = history, BestEpoch(history), say
     self.epoch_metrics = epoch_metrics
-    self.arrays = {"input": trainer.data.train["input"], "label": trainer.data.train["label"]}
     # The host stays a few steps, about a second, ahead (see samx.train.in_flight); the
     # window is the run's, so it keeps its timing from one epoch to the next.
     self.in_flight = InFlight()
@@ -269,7 +274,7 @@ class _Training:
       self.store = checkpoints.Checkpoints(self.directory.path,
                                            keep=self.config.keep_checkpoints, writer=is_writer())
     self.store.check()  # a background save that failed stops the run here
-    step = steps.epoch * self.steps_per_epoch + len(steps.metrics)
+    step = steps.last_step(self.steps_per_epoch)
     self.store.save(step, state, steps.progress(self.steps_per_epoch))
     self.schedule.saved()
 
@@ -593,8 +598,8 @@ def _run(config: Config, directory: RunDirectory | None, action: str,
   if directory is not None and action != "resume":
     directory.start(config)  # from here on the directory holds a run
   bar = ProgressBar(config.epochs, trainer.steps_per_epoch, enabled=progress and is_writer())
-  training = _Training(trainer, step_fn, evaluator, directory, store, stops, bar, history, say,
-                       epoch_metrics)
+  training = _Training(trainer, step_fn, step_arrays, evaluator, directory, store, stops, bar,
+                       history, say, epoch_metrics)
 
   try:
     try:
@@ -608,9 +613,10 @@ def _run(config: Config, directory: RunDirectory | None, action: str,
         if directory is not None:
           directory.finish(summary)
     except _Stop as stop:
-      if _first_divergence(stop.steps.metrics, 0) is None:
+      divergence = _first_divergence(stop.steps.metrics,
+                                     stop.steps.epoch * trainer.steps_per_epoch)
+      if divergence is None:
         raise _stopped_at(training, stop) from None
-      divergence = _first_divergence(stop.steps.metrics, stop.steps.epoch * trainer.steps_per_epoch)
       raise _ended_by_divergence(training, stop.state, TrainingDivergedError(
           _divergence_message(config, divergence, stop.steps.epoch + 1), step=divergence.step,
           epoch=stop.steps.epoch + 1), compile_seconds) from None
@@ -635,7 +641,7 @@ def _stopped_at(training: _Training, stop: _Stop) -> TrainingInterrupted:
   """Saves the step a stop request ended at; the error that says so. A second signal while
   it saves stops at once (:class:`stopping.Signalled`)."""
   steps, directory = stop.steps, training.directory
-  step = steps.epoch * training.steps_per_epoch + len(steps.metrics)
+  step = steps.last_step(training.steps_per_epoch)
   where = f"stopped after step {step} (epoch {steps.epoch + 1} of {training.config.epochs})"
   if directory is None:
     return _stopped_error(training.stops.requested, f"{where}; no run directory, nothing "
