@@ -25,6 +25,8 @@ from samx.models.mlp import MLP
 from samx.models.preact import PreActBlock, PreActResNet, preact_resnet18, wide_resnet
 from samx.models.resnet import BasicBlock, ResNet, resnet18, resnet34
 from samx.models.small import FixedHead, SmallCNN, TwoLayerLinear, TwoLayerReLUCNN
+from samx.models.statistics import batch_statistics, normalizing_with
+from samx.models.vit import ViT
 
 __all__ = [
     "MLP",
@@ -36,7 +38,10 @@ __all__ = [
     "SmallCNN",
     "TwoLayerLinear",
     "TwoLayerReLUCNN",
+    "ViT",
+    "batch_statistics",
     "normalization_mask",
+    "normalizing_with",
     "preact_resnet18",
     "resnet18",
     "resnet34",

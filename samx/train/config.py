@@ -28,17 +28,18 @@ from typing import Any
 
 from samx.train.errors import ConfigError
 from samx.train.methods import (
-    ADAPTIVE_MASK_CHOICES,
-    METHODS,
-    PERTURB_CHOICES,
-    AESAMConfig,
-    GSAMConfig,
-    LookSAMConfig,
-    SANERConfig,
-    Steps,
-    build_transform,
-    mask_options,
-    method,
+  ADAPTIVE_MASK_CHOICES,
+  METHODS,
+  PERTURB_CHOICES,
+  PERTURBED_STATISTICS_CHOICES,
+  AESAMConfig,
+  GSAMConfig,
+  LookSAMConfig,
+  SANERConfig,
+  Steps,
+  build_transform,
+  mask_options,
+  method,
 )
 
 BASE_OPTIMIZERS = ("sgd", "adam")
@@ -150,6 +151,14 @@ class OptimizerConfig:
       any sharpness-aware method; refused for a model without normalization layers).
     adaptive_mask: with ``adaptive``, the parameters ASAM scales by ``|w| + eta``: ``all``
       (samx's default) or ``weights`` (all but the biases, as the ASAM authors' code).
+    perturbed_statistics: what BatchNorm normalises with in the method's passes at
+      ``w + eps`` (and, with ``group_size``, in the groups' clean passes): ``group`` (each
+      group's own batch statistics: the whole batch's at ``w + eps`` without ``group_size``,
+      as google-research/sam and the m-SAM authors' code), ``batch`` (the clean pass's batch
+      statistics at ``w``, held fixed, so each example's loss depends on its own input
+      alone), ``running`` (the running averages, as in evaluation) or ``auto`` (the default:
+      ``batch`` with ``group_size``, ``group`` without); see :mod:`samx.models.statistics`.
+      Models without BatchNorm are unaffected.
     base: ``sgd`` (with ``momentum``, ``nesterov``) or ``adam``.
     learning_rate: the peak learning rate (shaped by the schedule).
     weight_decay: added to the update after the samx transform (coupled, as in the papers).
@@ -169,6 +178,7 @@ class OptimizerConfig:
   eta: float = 0.01
   perturb: str = "all"
   adaptive_mask: str = "all"
+  perturbed_statistics: str = "auto"
   base: str = "sgd"
   learning_rate: float = 0.1
   momentum: float = 0.9
@@ -181,6 +191,14 @@ class OptimizerConfig:
     return {"rho": self.rho, "adaptive": self.adaptive, "eta": self.eta,
             "group_size": self.group_size, "groups_in_parallel": self.groups_in_parallel,
             "group_path": self.group_path}
+
+  @property
+  def statistics(self) -> str:
+    """``perturbed_statistics`` with ``auto`` resolved: ``batch`` with ``group_size``, else
+    ``group``."""
+    if self.perturbed_statistics != "auto":
+      return self.perturbed_statistics
+    return "group" if self.group_size is None else "batch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -551,6 +569,8 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
          f"one of {', '.join(PERTURB_CHOICES)}", o.perturb)
   _check(o.adaptive_mask in ADAPTIVE_MASK_CHOICES, "optimizer.adaptive_mask",
          f"one of {', '.join(ADAPTIVE_MASK_CHOICES)}", o.adaptive_mask)
+  _check(o.perturbed_statistics in PERTURBED_STATISTICS_CHOICES, "optimizer.perturbed_statistics",
+         f"one of {', '.join(PERTURBED_STATISTICS_CHOICES)}", o.perturbed_statistics)
   shared = {**o.shared_options(), **mask_options(o.name, o.perturb, o.adaptive_mask)}
   steps = Steps(per_epoch=1, total=max(config.epochs, 1))
   transform = build_transform(o.name, shared, method_section(config), steps)

@@ -224,6 +224,8 @@ SHARED_KEYS = {"rho": "optimizer.rho", "adaptive": "optimizer.adaptive", "eta": 
 PERTURB_CHOICES = ("all", "normalization")
 #: ``optimizer.adaptive_mask``: which parameters ASAM scales by ``|w| + eta``.
 ADAPTIVE_MASK_CHOICES = ("all", "weights")
+#: ``optimizer.perturbed_statistics``: what BatchNorm normalises with in the perturbed passes.
+PERTURBED_STATISTICS_CHOICES = ("auto", "group", "batch", "running")
 
 
 def _needs_the_model(params: Any) -> Any:

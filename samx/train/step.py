@@ -3,8 +3,9 @@ metrics)``, and what it shares with evaluation (input preparation, the loss).
 
 The clean pass at ``w`` computes the loss, its gradient and the new BatchNorm statistics; the
 method's samx transform (first in the optax chain) gets that gradient and a
-:class:`samx.Objective` whose passes use the statistics frozen at their value before the step,
-so the perturbed passes normalise with their own batch statistics and write nothing.
+:class:`samx.Objective` whose passes write nothing and normalise as
+``optimizer.perturbed_statistics`` says (:data:`PERTURBED_STATISTICS`): with each group's own
+batch statistics, with the clean pass's (held fixed) or with the running averages.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import optax
 from flax import nnx
 
 import samx
+from samx import models
 from samx.data import pipeline
 from samx.penalties import per_example_feature_and_weight_penalty
 from samx.train.config import PenaltyConfig
@@ -102,12 +104,24 @@ def per_example_loss_fn(penalty: PenaltyConfig) -> Callable[[PyTree, jax.Array],
   return losses
 
 
+#: What BatchNorm normalises with in the samx transform's passes (see
+#: :class:`samx.train.config.OptimizerConfig`): ``group``, each group's (or at ``w + eps`` the
+#: whole batch's) own statistics; ``batch``, the clean pass's at ``w``; ``running``, the running
+#: averages of the state before the step.
+PERTURBED_STATISTICS = ("group", "batch", "running")
+
+
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformationExtraArgs, method: Method, *,
     penalty: PenaltyConfig, normalization: Normalization, augment: bool, seed: int,
-    skips_nonfinite: bool = False,
+    skips_nonfinite: bool = False, statistics: str = "group",
+    fixed_graphdef: nnx.GraphDef | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The training step of a model (``graphdef``), an optax chain and a method.
+
+  ``statistics`` (one of :data:`PERTURBED_STATISTICS`) is what BatchNorm normalises with in the
+  transform's passes; ``batch`` and ``running`` need ``fixed_graphdef``, the model with its
+  BatchNorm layers normalising with fixed statistics (:func:`samx.models.normalizing_with`).
 
   The batch holds ``input`` and ``label``. The step's metrics are the clean pass's ``loss``
   and ``accuracy``, the method's own (e.g. SANER's group fractions) and ``nonfinite``: 1.0
@@ -117,6 +131,11 @@ def make_train_step(
   Augmentation draws from ``seed`` and the step count, so a resumed run sees the same crops and
   flips.
   """
+  if statistics not in PERTURBED_STATISTICS:
+    raise ValueError(f"statistics must be one of {', '.join(PERTURBED_STATISTICS)}; got "
+                     f"{statistics!r}.")
+  if statistics != "group" and fixed_graphdef is None:
+    raise ValueError(f"statistics={statistics!r} needs fixed_graphdef.")
   base_key = jax.random.key(seed)
   loss_fn = per_example_loss_fn(penalty)
 
@@ -127,16 +146,27 @@ def make_train_step(
 
     def clean_loss(params):
       model = nnx.merge(graphdef, params, state.model_state, copy=True)
-      outputs = training_outputs(model, inputs, penalty)
+      if statistics == "batch":
+        outputs, batch_stats = models.batch_statistics(
+            model, lambda m: training_outputs(m, inputs, penalty))
+      else:
+        outputs, batch_stats = training_outputs(model, inputs, penalty), None
       _, _, model_state = nnx.split(model, nnx.Param, ...)
-      return jnp.mean(loss_fn(outputs, labels)), (outputs, model_state)
+      return jnp.mean(loss_fn(outputs, labels)), (outputs, model_state, batch_stats)
 
-    (loss, (outputs, model_state)), grads = jax.value_and_grad(clean_loss, has_aux=True)(
-        state.params)
+    (loss, (outputs, model_state, batch_stats)), grads = jax.value_and_grad(
+        clean_loss, has_aux=True)(state.params)
     frozen = state.model_state
+    if batch_stats is not None:
+      batch_stats = jax.lax.stop_gradient(batch_stats)
 
-    def apply_fn(params, x):  # the transform's passes: batch statistics, no writes
-      return training_outputs(nnx.merge(graphdef, params, frozen, copy=True), x, penalty)
+    def apply_fn(params, x):  # the transform's passes: no writes
+      if statistics == "group":  # training mode: the statistics of the examples passed
+        return training_outputs(nnx.merge(graphdef, params, frozen, copy=True), x, penalty)
+      model = nnx.merge(fixed_graphdef, params, frozen, copy=True)
+      if batch_stats is not None:
+        nnx.update(model, batch_stats)
+      return training_outputs(model, x, penalty)
 
     objective = samx.Objective(apply_fn, loss_fn, inputs, labels,
                                outputs=outputs if method.needs_clean_outputs else None)

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from samx import models
 from samx.train.architectures import build_model
 from samx.train.config import Config, validate
 from samx.train.errors import ConfigError
@@ -114,6 +115,7 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
 
   abstract_model = nnx.eval_shape(new_model)
   graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+  fixed_graphdef, _, _ = nnx.split(models.normalizing_with(abstract_model), nnx.Param, ...)
   abstract_model.eval()
   eval_graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
   if config.penalty.active and not hasattr(abstract_model, "features"):
@@ -133,7 +135,8 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
   train_step = make_train_step(
       graphdef, tx, method(config.optimizer.name), penalty=config.penalty,
       normalization=normalization, augment=config.data.augment, seed=config.seed,
-      skips_nonfinite=config.optimizer.skip_nonfinite > 0)
+      skips_nonfinite=config.optimizer.skip_nonfinite > 0,
+      statistics=config.optimizer.statistics, fixed_graphdef=fixed_graphdef)
   return Trainer(
       config=config, data=data, mesh=mesh, graphdef=graphdef, eval_graphdef=eval_graphdef,
       tx=tx, steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
