@@ -43,6 +43,17 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
                                 width=config.width, in_channels=channels, dtype=dtype, rngs=rngs)
     return models.SmallCNN(tuple(input_shape), num_classes, width=config.width, dtype=dtype,
                            rngs=rngs)
+  if name == "vit":
+    if len(input_shape) != 3:
+      raise ConfigError(f"model.name=vit needs images (height, width, channels); the data has "
+                        f"inputs of shape {input_shape}.")
+    height, width, channels = input_shape
+    if height % config.patch_size or width % config.patch_size:
+      raise ConfigError(f"model.patch_size={config.patch_size} must divide the images' height "
+                        f"and width ({height}, {width}).")
+    return models.ViT(num_classes, config.patch_size, config.hidden[0], config.depth,
+                      config.heads, config.mlp_dim, image_size=(height, width),
+                      in_channels=channels, pooling=config.pooling, dtype=dtype, rngs=rngs)
   features = math.prod(input_shape)
   if name == "mlp":
     return models.MLP(features, tuple(config.hidden), num_classes, dtype=dtype, rngs=rngs)

@@ -46,8 +46,9 @@ BASE_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "bfloat16")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "file")
-MODELS = ("mlp", "resnet18", "resnet34", "preact_resnet18", "wide_resnet", "small_cnn",
+MODELS = ("mlp", "resnet18", "resnet34", "preact_resnet18", "wide_resnet", "small_cnn", "vit",
           "two_layer_relu_cnn", "two_layer_linear")
+VIT_POOLINGS = ("token", "mean")
 DATASETS = ("gaussian_mixture", "patches", "mnist", "fashion_mnist", "cifar10", "cifar100",
             "dominoes:cifar_mnist", "dominoes:fmnist_mnist", "folder:PATH", "tfds:NAME")
 
@@ -111,8 +112,14 @@ class ModelConfig:
       logits and the loss stay float32; the transforms form their norms and eps in float32).
       ``float16`` is refused: it needs loss scaling, which samx does not do.
     width: channel multiplier of the convolutional models (1.0 = the paper's size).
-    hidden: hidden layer sizes of ``mlp``; ``hidden[0]`` is ``two_layer_linear``'s width.
-    depth, widen_factor: of ``wide_resnet`` (e.g. 28 and 10 for WRN-28-10).
+    hidden: hidden layer sizes of ``mlp``; ``hidden[0]`` is ``two_layer_linear``'s width and
+      ``vit``'s token width.
+    depth: ``wide_resnet``'s depth (``6k + 4``, e.g. 28 for WRN-28-10) or ``vit``'s number of
+      encoder blocks.
+    widen_factor: of ``wide_resnet``.
+    patch_size, heads, mlp_dim, pooling: of ``vit`` (:class:`samx.models.ViT`): the patch
+      side, the attention heads (dividing ``hidden[0]``), each block's MLP width, and
+      ``token`` (class token) or ``mean`` pooling.
     filters_per_sign, power, init_std: of ``two_layer_relu_cnn`` (Chen et al.).
   """
 
@@ -122,6 +129,10 @@ class ModelConfig:
   hidden: tuple[int, ...] = (256, 256)
   depth: int = 16
   widen_factor: int = 4
+  patch_size: int = 4
+  heads: int = 4
+  mlp_dim: int = 512
+  pooling: str = "token"
   filters_per_sign: int = 10
   power: float = 1.0
   init_std: float = 0.01
@@ -560,7 +571,16 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(m.width > 0, "model.width", "> 0", m.width)
   _check(all(h >= 1 for h in m.hidden) and len(m.hidden) >= 1, "model.hidden",
          "a non-empty list of positive sizes", m.hidden)
-  _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "model.depth", "6k + 4 with k >= 1", m.depth)
+  _check(m.patch_size >= 1, "model.patch_size", ">= 1", m.patch_size)
+  _check(m.mlp_dim >= 1, "model.mlp_dim", ">= 1", m.mlp_dim)
+  _check(m.pooling in VIT_POOLINGS, "model.pooling", " or ".join(VIT_POOLINGS), m.pooling)
+  if m.name == "vit":
+    _check(m.depth >= 1, "model.depth", ">= 1 (encoder blocks)", m.depth)
+    _check(m.heads >= 1 and m.hidden[0] % m.heads == 0, "model.heads",
+           f">= 1 and dividing model.hidden[0] = {m.hidden[0]}", m.heads)
+  else:
+    _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "model.depth", "6k + 4 with k >= 1",
+           m.depth)
   _check(m.widen_factor >= 1, "model.widen_factor", ">= 1", m.widen_factor)
   _check(m.filters_per_sign >= 1, "model.filters_per_sign", ">= 1", m.filters_per_sign)
   _check(o.name in METHODS, "optimizer.name",
