@@ -32,7 +32,7 @@ from flax import nnx
 
 import samx
 import samx.models
-from samx.models import MLP, SmallCNN, resnet18
+from samx.models import MLP, SmallCNN, ViT, resnet18
 
 LEARNING_RATE, RHO = 0.1, 0.05
 LOOKSAM_K = 5
@@ -101,7 +101,11 @@ def make_model(name: str, args: argparse.Namespace) -> tuple[nnx.Module, tuple[i
   if name == "resnet18":
     return resnet18(10, width=args.resnet_width, dtype=jnp.dtype(args.dtype),
                     rngs=nnx.Rngs(0)), (32, 32, 3)
-  raise ValueError(f"--models: unknown model {name!r}; choose from mlp, cnn, resnet18.")
+  if name == "vit":  # vit-cifar10-cpu's model by default; vit-cifar10's ViT-T/4 with
+    # --vit-hidden 192 --vit-depth 12 --vit-heads 3 --vit-mlp-dim 768
+    return ViT(10, 4, args.vit_hidden, args.vit_depth, args.vit_heads, args.vit_mlp_dim,
+               dtype=jnp.dtype(args.dtype), rngs=nnx.Rngs(0)), (32, 32, 3)
+  raise ValueError(f"--models: unknown model {name!r}; choose from mlp, cnn, resnet18, vit.")
 
 
 def make_step(model: nnx.Module, name: str, tx: optax.GradientTransformation):
@@ -251,6 +255,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument("--mlp-width", type=int, default=512, help="hidden units of the MLP")
   parser.add_argument("--resnet-width", type=float, default=0.25,
                       help="channel multiplier of ResNet-18 (1.0 = the standard 64-512)")
+  parser.add_argument("--vit-hidden", type=int, default=64, help="the ViT's token width")
+  parser.add_argument("--vit-depth", type=int, default=4, help="the ViT's blocks")
+  parser.add_argument("--vit-heads", type=int, default=4, help="the ViT's attention heads")
+  parser.add_argument("--vit-mlp-dim", type=int, default=128, help="the ViT's MLP width")
   parser.add_argument("--group-size", type=int, default=16, help="m of the m-SAM row")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="the models' compute dtype (parameters stay float32)")
@@ -271,7 +279,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   header = (f"device: {device.platform} ({device.device_kind}), {jax.device_count()} device(s), "
             f"host {platform.processor() or platform.machine()}; jax {jax.__version__}, "
             f"batch {args.batch_size}, MLP 784-{args.mlp_width}-{args.mlp_width}-10, ResNet-18 "
-            f"width {args.resnet_width}, {args.dtype}, rounds {args.rounds} x {args.steps} "
+            f"width {args.resnet_width}, ViT {args.vit_depth}x{args.vit_hidden} "
+            f"({args.vit_heads} heads, MLP {args.vit_mlp_dim}, 4x4 patches), {args.dtype}, "
+            f"rounds {args.rounds} x {args.steps} "
             "steps (median)")
   print(header)
   print(markdown(rows))

@@ -42,7 +42,7 @@ from samx.train.methods import (
   method,
 )
 
-BASE_OPTIMIZERS = ("sgd", "adam")
+BASE_OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "bfloat16")
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "instance", "file")
@@ -170,9 +170,11 @@ class OptimizerConfig:
       alone), ``running`` (the running averages, as in evaluation) or ``auto`` (the default:
       ``batch`` with ``group_size``, ``group`` without); see :mod:`samx.models.statistics`.
       Models without BatchNorm are unaffected.
-    base: ``sgd`` (with ``momentum``, ``nesterov``) or ``adam``.
+    base: ``sgd`` (with ``momentum``, ``nesterov``), ``adam`` or ``adamw`` (Adam with weight
+      decay decoupled from the gradient, Loshchilov & Hutter, the usual optimizer of ViTs).
     learning_rate: the peak learning rate (shaped by the schedule).
-    weight_decay: added to the update after the samx transform (coupled, as in the papers).
+    weight_decay: added to the update after the samx transform (coupled, as in the papers);
+      with ``base=adamw``, AdamW's decoupled decay (``lr * weight_decay * w``) instead.
     skip_nonfinite: ``0`` (the default): a NaN or infinite loss or parameter stops the run with
       a message. ``N > 0``: a step whose final update is not finite is skipped (the parameters
       and optimizer state stay as they were), up to ``N`` in a row; the epoch's

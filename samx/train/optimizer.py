@@ -85,7 +85,8 @@ def skip_nonfinite_updates(inner: optax.GradientTransformation, max_consecutive:
 
 def build_optimizer(config: Config, learning_rate: optax.Schedule, steps_per_epoch: int, *,
                     model: Any = None) -> optax.GradientTransformationExtraArgs:
-  """``chain(method's samx transform, add_decayed_weights, sgd | adam)`` for ``config``, inside
+  """``chain(method's samx transform, add_decayed_weights, sgd | adam)`` or ``chain(method's
+  samx transform, adamw)`` for ``config``, inside
   :func:`skip_nonfinite_updates` when ``optimizer.skip_nonfinite > 0``.
 
   ``model`` (an NNX module, abstract or not) resolves ``optimizer.perturb=normalization``.
@@ -95,10 +96,12 @@ def build_optimizer(config: Config, learning_rate: optax.Schedule, steps_per_epo
   steps = Steps(per_epoch=steps_per_epoch, total=steps_per_epoch * config.epochs)
   head = build_transform(o.name, shared, method_section(config), steps)
   parts = [] if head is None else [head]
-  if o.weight_decay:
+  if o.weight_decay and o.base != "adamw":
     parts.append(optax.add_decayed_weights(o.weight_decay))
   if o.base == "sgd":
     parts.append(optax.sgd(learning_rate, momentum=o.momentum or None, nesterov=o.nesterov))
+  elif o.base == "adamw":
+    parts.append(optax.adamw(learning_rate, weight_decay=o.weight_decay))
   else:
     parts.append(optax.adam(learning_rate))
   chain = optax.chain(*parts)
