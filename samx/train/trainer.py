@@ -88,8 +88,8 @@ def check_perturbed_parameters(config: Config, model: nnx.Module) -> None:
     raise ConfigError(
         f"optimizer.name={o.name} with perturb=normalization perturbs only normalization layers, "
         f"and model.name={config.model.name} has none: every step would be SGD at SAM's cost. "
-        "Use a model with BatchNorm (resnet18, resnet34, preact_resnet18, wide_resnet) or "
-        "optimizer.perturb=all.")
+        "Use a model with normalization layers (resnet18, resnet34, preact_resnet18, "
+        "wide_resnet: BatchNorm; vit: LayerNorm) or optimizer.perturb=all.")
 
 
 def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
