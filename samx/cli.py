@@ -120,6 +120,21 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
     jax.distributed.initialize()
 
 
+METHOD_COMBINATIONS = """
+Every sharpness-aware method takes the optimizer section's shared options, on every model
+(mlp, small_cnn, resnet18/34, preact_resnet18, wide_resnet, vit, ...), in float32 or bfloat16
+(benchmarks/README.md, "The matrix"):
+  optimizer.group_size=m    m-sharpness: each group of m examples its own eps (1: 1-SAM)
+  optimizer.perturbed_statistics
+                            what BatchNorm normalises with at w + eps: group (each group's own;
+                            the whole batch's without group_size), batch (the clean pass's at w,
+                            held fixed), running (the running averages); auto (the default):
+                            batch with group_size, group without
+  optimizer.adaptive=true   ASAM's ascent step; optimizer.perturb=normalization: SAM-ON's mask
+sam_on needs normalization layers (BatchNorm, LayerNorm): refused on mlp and small_cnn.
+sgd and penalty take one gradient per step: group_size changes nothing in them."""
+
+
 class _Terminated(KeyboardInterrupt):
   """SIGTERM before a run could take it as a stop request (while importing, starting)."""
 
@@ -171,6 +186,7 @@ def _main(args: argparse.Namespace) -> int:
       print(f"{name:<8} {entry.summary}{section}")
     print(f"{'penalty':<8} short for sgd with the penalty section at 1e-3 (Baek et al.'s cheap "
           "alternative); the penalty section works with every method")
+    print(METHOD_COMBINATIONS)
     return 0
   _initialize_distributed(args)
   try:
