@@ -75,6 +75,9 @@ SETTINGS = {
        for rate in (20, 25, 40, 60, 80)},
     "cifar10-asym40-cnn10k": (*CIFAR_CNN_10K, ["noise.kind=asymmetric", "noise.mapping=cifar10",
                                                "noise.rate=0.4"]),
+    # The Vision Transformer at CPU scale (vit-cifar10-cpu as it is), clean and at 40%.
+    "vit-cifar10-clean": ("vit-cifar10-cpu", [], []),
+    "vit-cifar10-sym40": ("vit-cifar10-cpu", [], ["noise.kind=symmetric", "noise.rate=0.4"]),
     # 1-SAM on a small model (an MLP on Fashion-MNIST).
     "fmnist-sym50-mlp": ("fashion-mnist-noise-cpu", [
         "model.name=mlp", "model.hidden=256", "epochs=20", "saner.warmup_epochs=5",
