@@ -59,6 +59,11 @@ def test_bad_overrides_name_the_key(assignment, named):
     ("model.depth=17", "model.depth", "6k \\+ 4"),
     ("noise.kind=file", "noise.file", "a path"),
     ("optimizer.groups_in_parallel=1", "optimizer.groups_in_parallel", "optimizer.group_size"),
+    ("optimizer.perturbed_statistics=clean", "optimizer.perturbed_statistics",
+     "auto, group, batch, running"),
+    ("optimizer.base=lamb", "optimizer.base", "sgd, adam, adamw"),
+    ("model.pooling=max", "model.pooling", "token or mean"),
+    ("model.patch_size=0", "model.patch_size", ">= 1"),
 ])
 def test_validation_names_the_key_and_the_accepted_values(assignment, named, accepted):
   # A method's own options are checked by its transform; the message names the config key.
@@ -142,3 +147,32 @@ def test_data_options_are_checked_before_training():
                                                         train_examples=10**6))
   with pytest.raises(cfg.ConfigError, match="data.train_examples must be at most the 8192"):
     train.load_data(big)
+
+
+def test_vit_options_are_checked_against_the_model_and_the_data():
+  vit = cfg.override(cfg.Config(), ["model.name=vit", "model.hidden=[48]", "model.depth=2"])
+  with pytest.raises(cfg.ConfigError, match=r"model.heads must be .*dividing model.hidden\[0\]"):
+    cfg.validate(cfg.override(vit, ["model.heads=5"]))
+  cfg.validate(cfg.override(vit, ["model.heads=4"]))  # the depth of a ViT is any count
+  with pytest.raises(cfg.ConfigError, match="model.depth"):
+    cfg.validate(cfg.override(vit, ["model.depth=0"]))
+  from samx.train.architectures import build_model
+  with pytest.raises(cfg.ConfigError, match="model.patch_size=5 must divide"):
+    build_model(cfg.override(vit, ["model.patch_size=5"]).model, (32, 32, 3), 10, seed=0)
+  with pytest.raises(cfg.ConfigError, match="needs images"):
+    build_model(vit.model, (784,), 10, seed=0)
+
+
+def test_adamw_decays_the_weights_decoupled_and_nothing_else_does():
+  import jax.numpy as jnp
+  import optax
+
+  from samx.train.optimizer import build_optimizer
+  config = cfg.override(cfg.Config(), ["optimizer.base=adamw", "optimizer.weight_decay=0.1",
+                                       "optimizer.learning_rate=0.01"])
+  tx = build_optimizer(config, optax.constant_schedule(0.01), 10)
+  params, grads = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([0.5, 0.5])}
+  expected = optax.adamw(0.01, weight_decay=0.1)
+  got, _ = tx.update(grads, tx.init(params), params)
+  want, _ = expected.update(grads, expected.init(params), params)
+  assert jnp.allclose(got["w"], want["w"])
