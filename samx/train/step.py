@@ -121,7 +121,10 @@ def make_train_step(
 
   ``statistics`` (one of :data:`PERTURBED_STATISTICS`) is what BatchNorm normalises with in the
   transform's passes; ``batch`` and ``running`` need ``fixed_graphdef``, the model with its
-  BatchNorm layers normalising with fixed statistics (:func:`samx.models.normalizing_with`).
+  BatchNorm layers normalising with fixed statistics (:func:`samx.models.normalizing_with`),
+  and make the objective a surrogate (``samx.Objective.surrogate``): the update is the clean
+  gradient plus the change the perturbation makes in the fixed-statistics gradient, so the
+  statistics' own gradient (which fixed statistics leave out) stays in it.
 
   The batch holds ``input`` and ``label``. The step's metrics are the clean pass's ``loss``
   and ``accuracy``, the method's own (e.g. SANER's group fractions) and ``nonfinite``: 1.0
@@ -169,7 +172,8 @@ def make_train_step(
       return training_outputs(model, x, penalty)
 
     objective = samx.Objective(apply_fn, loss_fn, inputs, labels,
-                               outputs=outputs if method.needs_clean_outputs else None)
+                               outputs=outputs if method.needs_clean_outputs else None,
+                               surrogate=statistics != "group")
     updates, opt_state = tx.update(grads, state.opt_state, state.params, objective=objective)
     params = optax.apply_updates(state.params, updates)
     logits = logits_of(outputs)

@@ -116,6 +116,8 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
   abstract_model = nnx.eval_shape(new_model)
   graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
   fixed_graphdef, _, _ = nnx.split(models.normalizing_with(abstract_model), nnx.Param, ...)
+  # Without BatchNorm every choice of optimizer.perturbed_statistics is the same function.
+  has_batch_norm = bool(jax.tree.leaves(nnx.state(abstract_model, nnx.BatchStat)))
   abstract_model.eval()
   eval_graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
   if config.penalty.active and not hasattr(abstract_model, "features"):
@@ -136,7 +138,8 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
       graphdef, tx, method(config.optimizer.name), penalty=config.penalty,
       normalization=normalization, augment=config.data.augment, seed=config.seed,
       skips_nonfinite=config.optimizer.skip_nonfinite > 0,
-      statistics=config.optimizer.statistics, fixed_graphdef=fixed_graphdef)
+      statistics=config.optimizer.statistics if has_batch_norm else "group",
+      fixed_graphdef=fixed_graphdef)
   return Trainer(
       config=config, data=data, mesh=mesh, graphdef=graphdef, eval_graphdef=eval_graphdef,
       tx=tx, steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,

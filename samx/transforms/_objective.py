@@ -44,6 +44,17 @@ class Objective:
       the same function (draw a new key for each step, as for the clean pass). With
       m-sharpness (:meth:`split_into_groups`) group ``k`` gets ``jax.random.fold_in(key, k)``
       for each key, in its clean and its perturbed pass alike.
+    surrogate: whether the objective's passes are a *surrogate* of the loss whose gradient the
+      transform is given: a function with the same values at ``params`` whose gradient leaves
+      something out. BatchNorm normalising with the clean batch's statistics held fixed
+      (:func:`samx.models.normalizing_with`) is one: each example's loss then depends on its
+      own input alone, as m-sharpness needs, but its gradient misses the statistics'
+      dependence on the weights (SGD on it alone trains far worse). The transforms then keep
+      the incoming gradient :math:`g` and add only what the perturbation changes in the
+      surrogate's gradient, :math:`g_{sam} = g + (\\tilde g_{sam} - \\tilde g)`, with
+      :math:`\\tilde g` the surrogate's gradient at ``params`` (with ``group_size``, the mean of
+      the groups' gradients, which the transform forms anyway; without, one more gradient
+      evaluation), so that at ``rho = 0`` the update is the incoming gradient exactly.
 
   Example:
     >>> import jax.numpy as jnp, samx
@@ -74,6 +85,7 @@ class Objective:
   targets: PyTree
   outputs: PyTree = None
   rngs: PyTree = None
+  surrogate: bool = dataclasses.field(default=False, metadata={"static": True})
 
   @property
   def model_inputs(self) -> PyTree:
@@ -186,7 +198,8 @@ class Objective:
 
   @classmethod
   def from_nnx(
-      cls, model: Any, loss_fn: LossFn, inputs: PyTree, targets: PyTree, *, wrt: Any = None
+      cls, model: Any, loss_fn: LossFn, inputs: PyTree, targets: PyTree, *, wrt: Any = None,
+      surrogate: bool = False,
   ) -> Objective:
     """An objective over the parameters of a Flax NNX module.
 
@@ -196,7 +209,9 @@ class Objective:
     forward pass through the objective uses it but never writes it back. So with BatchNorm in
     training mode the perturbed pass normalises with its own batch statistics, and the running
     averages are left to the caller's clean pass, as SAM prescribes. RNG state (dropout) is
-    frozen as well: every pass through the objective draws from the same keys.
+    frozen as well: every pass through the objective draws from the same keys. ``surrogate``
+    is the field of the same name (``True`` for a model from
+    :func:`samx.models.normalizing_with`).
 
     Example:
       >>> import jax.numpy as jnp, optax, samx
@@ -216,7 +231,8 @@ class Objective:
     def apply_fn(params, batch_inputs):
       return nnx.merge(graphdef, params, frozen, copy=True)(batch_inputs)
 
-    return cls(apply_fn=apply_fn, loss_fn=loss_fn, inputs=inputs, targets=targets)
+    return cls(apply_fn=apply_fn, loss_fn=loss_fn, inputs=inputs, targets=targets,
+               surrogate=surrogate)
 
 
 jax.tree_util.register_dataclass(Objective)

@@ -127,7 +127,16 @@ def clean_and_perturbed_gradients(
   ``per_group`` (with ``group_size`` only) maps each group's ``(g_k, g_sam_k)`` to a pytree of
   floating-point arrays, and the result is that pytree's mean over groups (and devices) instead
   of ``(g, g_sam)``: GSAM's and SANER's rules applied per group.
+
+  With a ``surrogate`` objective (:class:`samx.Objective`), the result is ``(grads, grads +
+  g_sam - g)``: the incoming gradient, and it shifted by what the perturbation changes in the
+  surrogate's gradient (without groups, ``g`` is one more gradient evaluation of the surrogate).
   """
+  if objective.surrogate and per_group is not None:
+    raise ValueError(
+        "combine_per_group applies its rule to each group's own gradients, which a surrogate "
+        "objective (Objective.surrogate=True) does not give; use combine_per_group=False, or "
+        "an exact objective.")
   def pmean(tree: PyTree) -> PyTree:
     return global_gradient(tree, axis_name)
 
@@ -145,7 +154,10 @@ def clean_and_perturbed_gradients(
   if group_size is None:
     clean = pmean(grads)
     eps = eps_of(objective, clean, pmean, params)
-    return clean, pmean(perturbed_gradient(objective, local_params, eps))
+    perturbed = pmean(perturbed_gradient(objective, local_params, eps))
+    if objective.surrogate:
+      return anchored_to_incoming(clean, pmean(objective.grad(local_params)), perturbed)
+    return clean, perturbed
 
   grouped = objective.split_into_groups(group_size)
   num_groups = objective.batch_size // group_size
@@ -170,4 +182,18 @@ def clean_and_perturbed_gradients(
     return _tree.sum_leading_axis(per_group_results)
 
   sums = _sum_over_chunks(chunk_gradients, grouped, groups_in_parallel, groups_unroll)
-  return pmean(_tree.scale(1.0 / num_groups, sums))
+  means = pmean(_tree.scale(1.0 / num_groups, sums))
+  if objective.surrogate:
+    return anchored_to_incoming(pmean(grads), *means)
+  return means
+
+
+def anchored_to_incoming(incoming: PyTree, clean: PyTree, perturbed: PyTree
+                         ) -> tuple[PyTree, PyTree]:
+  """``(g, g + (g_sam - g_tilde))`` for a surrogate objective: ``incoming`` is ``g``, the
+  gradient of the loss itself; ``clean`` and ``perturbed`` are the surrogate's at ``w`` and
+  ``w + eps`` (in the incoming gradient's dtypes)."""
+  shifted = jax.tree.map(
+      lambda g, s, p: (g.astype(p.dtype) + (p - s.astype(p.dtype))).astype(g.dtype),
+      incoming, clean, perturbed)
+  return incoming, shifted

@@ -113,7 +113,8 @@ def test_a_model_without_batchnorm_is_copied_as_it_is():
 
 
 def _one_sam_by_definition(model, statistics, x, y, rho):
-  """The mean over examples of grad L_i(w + eps_i), each example alone in a Python loop."""
+  """The means over examples of grad L_i(w + eps_i) and of grad L_i(w), each example alone in a
+  Python loop."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   evaluation = nnx.merge(graphdef, params, rest, copy=True)
   evaluation.eval()
@@ -124,30 +125,44 @@ def _one_sam_by_definition(model, statistics, x, y, rho):
     return xent(nnx.merge(eval_graphdef, p, eval_rest, copy=True)(xi[None]), yi[None])[0]
 
   grad = jax.jit(jax.grad(loss))
-  updates = []
+  perturbed, clean = [], []
   for i in range(x.shape[0]):
     g = grad(params, x[i], y[i])
     norm = jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(g)))
     shifted = jax.tree.map(lambda w, gi, n=norm: w + rho * gi / n, params, g)
-    updates.append(grad(shifted, x[i], y[i]))
-  return jax.tree.map(lambda *u: sum(u) / len(u), *updates)
+    perturbed.append(grad(shifted, x[i], y[i]))
+    clean.append(g)
+  mean = lambda trees: jax.tree.map(lambda *u: sum(u) / len(u), *trees)
+  return mean(perturbed), mean(clean)
+
+
+def _training_gradient(model, x, y):
+  """The gradient of the batch loss in training mode (through the batch statistics)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return jax.grad(lambda p: jnp.mean(xent(nnx.merge(graphdef, p, rest, copy=True)(x), y)))(
+      params)
 
 
 @pytest.mark.parametrize("group_path", ["layers", "vmap"])
 def test_one_sam_with_the_batch_statistics_equals_the_per_example_loop(group_path):
+  """As a surrogate: the training-mode gradient plus the mean over examples of
+  grad L_i(w + eps_i) - grad L_i(w); and without, that mean of grad L_i(w + eps_i) alone."""
   model = TinyResNet(nnx.Rngs(0))
   x, y = _batch()
   _, stats = samx.models.batch_statistics(nnx.clone(model), lambda m: m(x))
   fixed = samx.models.normalizing_with(model, stats)
-  objective = samx.Objective.from_nnx(fixed, xent, x, y)
   params = nnx.state(model, nnx.Param)
+  grads = _training_gradient(nnx.clone(model), x, y)
   tx = samx.sam(0.05, group_size=1, group_path=group_path)
-  grads = objective.grad(params)
-  updates, _ = jax.jit(lambda g, p, o: tx.update(g, tx.init(p), p, objective=o))(
-      grads, params, objective)
-  expected = _one_sam_by_definition(model, _statistics_by_definition(nnx.clone(model), x),
-                                    x, y, 0.05)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TIGHT), updates, expected)
+  perturbed, clean = _one_sam_by_definition(
+      model, _statistics_by_definition(nnx.clone(model), x), x, y, 0.05)
+  for surrogate in (True, False):
+    objective = samx.Objective.from_nnx(fixed, xent, x, y, surrogate=surrogate)
+    updates, _ = jax.jit(lambda g, p, o: tx.update(g, tx.init(p), p, objective=o))(
+        grads, params, objective)
+    expected = (jax.tree.map(lambda g, p, c: g + p - c, grads, perturbed, clean) if surrogate
+                else perturbed)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TIGHT), updates, expected)
   if group_path == "layers":
     plan = samx.group_plan(objective, params, group_size=1)
     paths = {leaf.leaf.replace(".value", ""): leaf.path for leaf in plan.leaves}
@@ -173,3 +188,23 @@ def test_one_sam_with_each_examples_own_statistics_is_another_function():
   differences = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(
       jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True)]
   assert max(differences) > 1e-2, differences
+
+
+@pytest.mark.parametrize("group_size", [None, 1, 3])
+def test_a_surrogate_at_radius_zero_is_the_incoming_gradient(group_size):
+  """rho = 0: the training-mode gradient exactly, though the fixed-statistics gradient, the
+  update of the same objective without ``surrogate``, is another."""
+  model = TinyResNet(nnx.Rngs(0))
+  x, y = _batch()
+  _, stats = samx.models.batch_statistics(nnx.clone(model), lambda m: m(x))
+  fixed = samx.models.normalizing_with(model, stats)
+  params = nnx.state(model, nnx.Param)
+  grads = _training_gradient(nnx.clone(model), x, y)
+  tx = samx.sam(0.0, group_size=group_size)
+  results = {}
+  for surrogate in (True, False):
+    objective = samx.Objective.from_nnx(fixed, xent, x, y, surrogate=surrogate)
+    results[surrogate], _ = tx.update(grads, tx.init(params), params, objective=objective)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TIGHT), results[True], grads)
+  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(results[False]), jax.tree.leaves(grads), strict=True)) > 1e-3

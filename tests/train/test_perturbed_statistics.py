@@ -55,7 +55,8 @@ def _by_hand(trainer, state, batch, statistics):
   else:
     fixed = samx.models.normalizing_with(model)
   xent = optax.softmax_cross_entropy_with_integer_labels
-  objective = samx.Objective.from_nnx(fixed, xent, x, batch["label"])
+  objective = samx.Objective.from_nnx(fixed, xent, x, batch["label"],
+                                      surrogate=statistics != "group")
   grads = jax.grad(lambda p: jnp.mean(xent(nnx.merge(
       trainer.graphdef, p, state.model_state, copy=True)(x), batch["label"])))(state.params)
   tx = samx.sam(0.5, group_size=1)
