@@ -169,6 +169,9 @@ class OptimizerConfig:
       statistics at ``w``, held fixed, so each example's loss depends on its own input
       alone), ``running`` (the running averages, as in evaluation) or ``auto`` (the default:
       ``batch`` with ``group_size``, ``group`` without); see :mod:`samx.models.statistics`.
+      With fixed statistics (``batch``, ``running``) the update is the clean gradient plus
+      what the perturbation changes in the fixed-statistics gradient
+      (``samx.Objective.surrogate``; without ``group_size`` one more gradient evaluation).
       Models without BatchNorm are unaffected.
     base: ``sgd`` (with ``momentum``, ``nesterov``), ``adam`` or ``adamw`` (Adam with weight
       decay decoupled from the gradient, Loshchilov & Hutter, the usual optimizer of ViTs).
