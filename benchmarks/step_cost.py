@@ -37,7 +37,7 @@ from samx.models import MLP, SmallCNN, ViT, resnet18
 LEARNING_RATE, RHO = 0.1, 0.05
 LOOKSAM_K = 5
 # Rows that only some models have: SAM-ON needs normalization layers.
-MODEL_SPECIFIC = {"sam-on"}
+MODEL_SPECIFIC = {"sam-on", "1-sam (batch statistics)"}
 
 
 def optimizers(group_size: int, model_name: str = "mlp", *, model: nnx.Module | None = None,
@@ -77,7 +77,11 @@ def optimizers(group_size: int, model_name: str = "mlp", *, model: nnx.Module | 
       "sam-on": lambda: optax.chain(
           samx.sam(RHO, perturb_mask=samx.models.normalization_mask(model)), *descent()),
   } if model is not None and any(jax.tree.leaves(samx.models.normalization_mask(model)))
-      else {}) | {
+      else {}) | ({
+      # 1-SAM with BatchNorm normalising every example with the clean batch's statistics held
+      # fixed, as a surrogate (the engine's default under group_size).
+      "1-sam (batch statistics)": lambda: optax.chain(samx.sam(RHO, group_size=1), *descent()),
+  } if model is not None and jax.tree.leaves(nnx.state(model, nnx.BatchStat)) else {}) | {
       # Per-example SAM (Baek et al.'s 1-SAM): layer weights factored (the default), and every
       # group gradient by vmap (per-example weights; the path before group_path existed).
       "1-sam": lambda: optax.chain(samx.sam(RHO, group_size=1), *descent()),
@@ -132,7 +136,23 @@ def make_step(model: nnx.Module, name: str, tx: optax.GradientTransformation):
     logits, new_stats = forward(params, stats, x)
     return jnp.mean(xent(logits, y)), (new_stats, logits)
 
+  fixed_graphdef, _, _ = nnx.split(samx.models.normalizing_with(model), nnx.Param,
+                                   nnx.BatchStat)
+
+  def clean_loss_and_batch_statistics(params, stats, x, y):
+    network = nnx.merge(graphdef, params, stats, copy=True)
+    logits, batch_stats = samx.models.batch_statistics(network, lambda m: m(x))
+    return jnp.mean(xent(logits, y)), (nnx.state(network, nnx.BatchStat), batch_stats)
+
   def step(params, stats, opt_state, x, y):
+    if name.endswith("(batch statistics)"):
+      (loss, (new_stats, batch_stats)), grads = jax.value_and_grad(
+          clean_loss_and_batch_statistics, has_aux=True)(params, stats, x, y)
+      objective = samx.Objective(
+          lambda p, inputs: nnx.merge(fixed_graphdef, p, batch_stats, copy=True)(inputs), xent,
+          x, y, surrogate=True)
+      updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
+      return optax.apply_updates(params, updates), new_stats, opt_state, loss
     if name.startswith("j-sam"):
       # J-SAM reuses the clean pass's outputs for its logit term.
       (loss, (new_stats, logits)), grads = jax.value_and_grad(
