@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-_CALLS = ("jit", "pjit", "closed_call")
+from samx.transforms._layer_structure import CALLS, bind_equation, sub_jaxpr
 
 
 def canonical_convolution(lhs: jax.Array, rhs: jax.Array, *, dimension_numbers: Any,
@@ -47,16 +47,6 @@ def canonical_convolution(lhs: jax.Array, rhs: jax.Array, *, dimension_numbers: 
   return jnp.transpose(output, np.argsort(out_order))
 
 
-def _bind(eqn: Any, values: Sequence[Any]) -> list[Any]:
-  bind_params = eqn.primitive.get_bind_params(eqn.params)
-  if isinstance(bind_params, tuple):  # JAX releases that return (subfuns, params)
-    subfuns, bind_params = bind_params
-    values = [*subfuns, *values]
-  with eqn.ctx.manager:
-    out = eqn.primitive.bind(*values, **bind_params)
-  return list(out) if eqn.primitive.multiple_results else [out]
-
-
 def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
   env: dict[Any, Any] = {}
 
@@ -73,11 +63,11 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[An
     if name == "conv_general_dilated":
       with eqn.ctx.manager:
         outs = [canonical_convolution(*values, **eqn.params)]
-    elif name in _CALLS:
-      sub = eqn.params["jaxpr"] if "jaxpr" in eqn.params else eqn.params["call_jaxpr"]
+    elif name in CALLS:
+      sub = sub_jaxpr(eqn)
       outs = _evaluate(sub.jaxpr, sub.consts, values)
     else:
-      outs = _bind(eqn, values)
+      outs = bind_equation(eqn, values)
     for var, value in zip(eqn.outvars, outs, strict=True):
       env[var] = value
   return [read(var) for var in jaxpr.outvars]
@@ -103,6 +93,5 @@ def with_canonical_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _all_equations(jaxpr: Any):
   for eqn in jaxpr.eqns:
     yield eqn
-    if eqn.primitive.name in _CALLS:
-      sub = eqn.params["jaxpr"] if "jaxpr" in eqn.params else eqn.params["call_jaxpr"]
-      yield from _all_equations(sub.jaxpr)
+    if eqn.primitive.name in CALLS:
+      yield from _all_equations(sub_jaxpr(eqn).jaxpr)

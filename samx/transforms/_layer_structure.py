@@ -32,7 +32,7 @@ from jax.extend import core as jex_core
 PyTree = Any
 Key = tuple[int, ...]  # indices of an equation through the nested calls that contain it
 
-_CALLS = ("jit", "pjit", "closed_call")
+CALLS = ("jit", "pjit", "closed_call")
 _VIEWS = ("convert_element_type",)
 
 
@@ -78,7 +78,7 @@ class ModelStructure:
   output_tree: Any
 
 
-def _sub_jaxpr(eqn: Any) -> jex_core.ClosedJaxpr:
+def sub_jaxpr(eqn: Any) -> jex_core.ClosedJaxpr:
   return eqn.params["jaxpr"] if "jaxpr" in eqn.params else eqn.params["call_jaxpr"]
 
 
@@ -128,8 +128,8 @@ def _walk(jaxpr: Any, views: dict[Any, int], prefix: Key, layers: dict[int, list
     name = eqn.primitive.name
     if name in _VIEWS:
       views[eqn.outvars[0]] = held[0]
-    elif name in _CALLS:
-      sub = _sub_jaxpr(eqn).jaxpr
+    elif name in CALLS:
+      sub = sub_jaxpr(eqn).jaxpr
       sub_views = {var: leaf for var, leaf in zip(sub.invars, held, strict=True)
                    if leaf is not None}
       _walk(sub, sub_views, key, layers, other)
@@ -176,7 +176,7 @@ def find_layers(apply_fn: Callable[[PyTree, PyTree], PyTree], params: PyTree,
                         jax.tree.structure(output_shape))
 
 
-def _bind(eqn: Any, values: Sequence[Any]) -> list[Any]:
+def bind_equation(eqn: Any, values: Sequence[Any]) -> list[Any]:
   bind_params = eqn.primitive.get_bind_params(eqn.params)
   if isinstance(bind_params, tuple):  # JAX releases that return (subfuns, params)
     subfuns, bind_params = bind_params
@@ -214,10 +214,10 @@ def evaluate(structure: ModelStructure, leaves: Sequence[jax.Array], inputs: PyT
         outs = [hooks[key](layer, values[1 - layer.weight_operand],
                            values[layer.weight_operand])]
       elif key in calls:
-        sub = _sub_jaxpr(eqn)
+        sub = sub_jaxpr(eqn)
         outs = run(sub.jaxpr, sub.consts, values, key)
       else:
-        outs = _bind(eqn, values)
+        outs = bind_equation(eqn, values)
       for var, value in zip(eqn.outvars, outs, strict=True):
         env[var] = value
     return [read(var) for var in jaxpr.outvars]

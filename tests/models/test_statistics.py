@@ -143,16 +143,22 @@ def _training_gradient(model, x, y):
       params)
 
 
-@pytest.mark.parametrize("group_path", ["layers", "vmap"])
-def test_one_sam_with_the_batch_statistics_equals_the_per_example_loop(group_path):
-  """As a surrogate: the training-mode gradient plus the mean over examples of
-  grad L_i(w + eps_i) - grad L_i(w); and without, that mean of grad L_i(w + eps_i) alone."""
+def _fixed_statistics_setting():
+  """The model, a batch, the model normalising with that batch's statistics, the parameters,
+  and the training-mode gradient."""
   model = TinyResNet(nnx.Rngs(0))
   x, y = _batch()
   _, stats = samx.models.batch_statistics(nnx.clone(model), lambda m: m(x))
   fixed = samx.models.normalizing_with(model, stats)
-  params = nnx.state(model, nnx.Param)
-  grads = _training_gradient(nnx.clone(model), x, y)
+  return (model, x, y, fixed, nnx.state(model, nnx.Param),
+          _training_gradient(nnx.clone(model), x, y))
+
+
+@pytest.mark.parametrize("group_path", ["layers", "vmap"])
+def test_one_sam_with_the_batch_statistics_equals_the_per_example_loop(group_path):
+  """As a surrogate: the training-mode gradient plus the mean over examples of
+  grad L_i(w + eps_i) - grad L_i(w); and without, that mean of grad L_i(w + eps_i) alone."""
+  model, x, y, fixed, params, grads = _fixed_statistics_setting()
   tx = samx.sam(0.05, group_size=1, group_path=group_path)
   perturbed, clean = _one_sam_by_definition(
       model, _statistics_by_definition(nnx.clone(model), x), x, y, 0.05)
@@ -195,12 +201,7 @@ def test_one_sam_with_each_examples_own_statistics_is_another_function():
 def test_a_surrogate_at_radius_zero_is_the_incoming_gradient(group_size):
   """rho = 0: the training-mode gradient exactly, though the fixed-statistics gradient, the
   update of the same objective without ``surrogate``, is another."""
-  model = TinyResNet(nnx.Rngs(0))
-  x, y = _batch()
-  _, stats = samx.models.batch_statistics(nnx.clone(model), lambda m: m(x))
-  fixed = samx.models.normalizing_with(model, stats)
-  params = nnx.state(model, nnx.Param)
-  grads = _training_gradient(nnx.clone(model), x, y)
+  _, x, y, fixed, params, grads = _fixed_statistics_setting()
   tx = samx.sam(0.0, group_size=group_size)
   results = {}
   for surrogate in (True, False):
