@@ -100,3 +100,23 @@ def test_the_cheaper_variants_branches_have_only_canonical_convolutions(make_tx)
   # convolutions (SAM's gradient) add the canonical one only.
   outside = _labels(jax.jit(clean_only).lower(params).compile().as_text())
   assert set(_labels(compiled)) == {*outside, CANONICAL}, (outside, _labels(compiled))
+
+
+def test_the_rewritten_branch_under_a_mapped_axis_equals_the_plain_update():
+  """LookSAM's perturbed branch (its collectives inside) under ``pmap`` with ``axis_name``, on
+  one device: the update of the step without the map."""
+  model = samx.models.SmallCNN((8, 8, 1), 3, width=0.25, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  xent = optax.softmax_cross_entropy_with_integer_labels
+  x, y = jax.random.normal(jax.random.key(0), (4, 8, 8, 1)), jnp.arange(4) % 3
+
+  def update(params, x, y, axis_name=None):
+    objective = samx.Objective(lambda p, inputs: nnx.merge(graphdef, p)(inputs), xent, x, y)
+    tx = samx.looksam(0.05, k=2, axis_name=axis_name)
+    return tx.update(objective.grad(params), tx.init(params), params, objective=objective)[0]
+
+  plain = jax.jit(update)(params, x, y)
+  mapped = jax.pmap(lambda p, a, b: update(p, a, b, axis_name="devices"),
+                    axis_name="devices")(*jax.tree.map(lambda v: v[None], (params, x, y)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6), mapped,
+               plain)
