@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from samx.transforms import _tree
-from samx.transforms._arguments import ArgumentError, check_count, check_number
+from samx.transforms._arguments import ArgumentError, check_count, check_number, is_traced
 from samx.transforms._canonical_convolutions import with_canonical_convolutions
 from samx.transforms._masks import Mask
 from samx.transforms._objective import Objective
@@ -79,7 +79,7 @@ def ae_sam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
-    ascent_steps: int = 1,
+    ascent_steps: int | None = None,
     ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AE-SAM: SAM where the loss is sharp, SGD elsewhere (Jiang et al. 2023).
@@ -145,7 +145,7 @@ def ae_sam(
   name = "samx.ae_sam"
   check_number("rho", rho, transform=name)
   check_number("delta", delta, allow_schedule=False, transform=name)
-  if not delta < 1:
+  if not is_traced(delta) and not delta < 1:
     raise ArgumentError("delta", f"{name}: `delta` must be in [0, 1); got {delta!r}.")
   threshold = _checked_threshold(total_steps, threshold_start, threshold_end, threshold,
                                  transform=name)

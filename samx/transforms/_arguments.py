@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class ArgumentError(ValueError):
@@ -36,6 +37,16 @@ class ArgumentError(ValueError):
     return type(self), (self.argument, str(self))
 
 
+def is_traced(value: Any) -> bool:
+  """Whether ``value`` is a traced array (under ``jax.jit``), whose value is not known yet.
+
+  ``optax.inject_hyperparams`` hands a transform its numbers as arrays from its state, traced
+  under ``jit``: they are checked where they are concrete (when the transform is built outside
+  ``jit``, and by ``optax.inject_hyperparams``'s own ``init``) and nowhere else.
+  """
+  return isinstance(value, jax.core.Tracer)
+
+
 def check_number(
     name: str, value: Any, *, minimum: float = 0.0, allow_schedule: bool = True,
     transform: str = "samx",
@@ -43,12 +54,18 @@ def check_number(
   """Raises an :class:`ArgumentError` for ``name`` unless ``value`` is a finite number.
 
   The number must be >= ``minimum``; a callable (an optax schedule of the step count) is
-  accepted instead when ``allow_schedule``.
+  accepted instead when ``allow_schedule``. A traced scalar (:func:`is_traced`) is accepted as
+  it is: its value is checked where it is concrete.
   """
   if allow_schedule and callable(value):
     return
   accepted = f"a finite number >= {minimum}" + (
       " or an optax schedule (a callable of the step count)" if allow_schedule else "")
+  if is_traced(value):
+    if jnp.ndim(value) != 0 or not jnp.issubdtype(value.dtype, jnp.number):
+      raise ArgumentError(name, f"{transform}: `{name}` must be {accepted}; got a traced array "
+                                f"of shape {jnp.shape(value)} and dtype {value.dtype}.")
+    return
   is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
   if not is_number and isinstance(value, jax.Array | jnp.ndarray) and jnp.ndim(value) == 0:
     is_number, value = True, float(value)
@@ -64,6 +81,13 @@ def check_count(name: str, value: Any, *, minimum: int, allow_none: bool,
   """
   if value is None and allow_none:
     return
+  if isinstance(value, jax.Array | np.ndarray):
+    factory = transform if transform.startswith("samx.") else "samx.sam"
+    raise ArgumentError(
+        name, f"{transform}: `{name}` is an integer that fixes the computation itself (shapes, "
+        f"periods, counts), so it must be a Python int, not an array; got {value!r}. With "
+        f"optax.inject_hyperparams, which passes numbers as arrays, make it static: "
+        f"optax.inject_hyperparams({factory}, static_args=(\"{name}\",)).")
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
     accepted = f"an integer >= {minimum}" + (" or None" if allow_none else "")
     raise ArgumentError(name, f"{transform}: `{name}` must be {accepted}; got {value!r}.")

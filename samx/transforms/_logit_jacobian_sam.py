@@ -23,7 +23,7 @@ def logit_sam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
-    ascent_steps: int = 1,
+    ascent_steps: int | None = None,
     ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""L-SAM: SAM's perturbation applied to the logit term only (Baek et al. 2024).
@@ -106,7 +106,7 @@ def jacobian_sam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
-    ascent_steps: int = 1,
+    ascent_steps: int | None = None,
     ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""J-SAM: SAM's perturbation applied to the network Jacobian only (Baek et al. 2024).

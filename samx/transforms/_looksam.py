@@ -101,7 +101,7 @@ def looksam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
-    ascent_steps: int = 1,
+    ascent_steps: int | None = None,
     ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LookSAM: SAM's second gradient once every ``k`` steps (Liu et al. 2022, Algorithm 1).

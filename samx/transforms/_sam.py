@@ -22,7 +22,7 @@ def sam(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
-    ascent_steps: int = 1,
+    ascent_steps: int | None = None,
     ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-Aware Minimization: replaces the gradient by the gradient at ``w + eps``.
@@ -111,7 +111,8 @@ def sam(
       group gradients are never formed per group (see below); every other perturbed leaf gets a
       per-group copy under ``jax.vmap``. ``"vmap"``: every leaf by ``jax.vmap``. Both give the
       same updates (to rounding); :func:`samx.group_plan` shows which leaf takes which path.
-    ascent_steps: how many ascent steps form :math:`\epsilon` (1: SAM's). Step :math:`i + 1`
+    ascent_steps: how many ascent steps form :math:`\epsilon` (``None`` or 1: SAM's one step;
+      ``None`` keeps ``optax.inject_hyperparams`` from making it an array). Step :math:`i + 1`
       applies the ascent rule (SAM's or ASAM's, masked) to the gradient at
       :math:`w + \epsilon_i` and adds it, so :math:`\lVert \epsilon \rVert` can reach
       ``ascent_steps * rho`` (divide ``rho`` for a ball of radius ``rho``). A step then costs

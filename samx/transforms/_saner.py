@@ -9,7 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from samx.transforms._arguments import ArgumentError, check_count, check_flag, check_number
+from samx.transforms._arguments import (
+    ArgumentError,
+    check_count,
+    check_flag,
+    check_number,
+    is_traced,
+)
 from samx.transforms._combination import GroupFractions, gsam_combination, saner_reweighting
 from samx.transforms._masks import Mask
 from samx.transforms._sharpness_aware import (
@@ -129,7 +135,7 @@ def saner(
     perturb_mask: Mask = None,
     adaptive_mask: Mask = None,
     group_path: str = "layers",
-    ascent_steps: int = 1,
+    ascent_steps: int | None = None,
     ascent_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SANER: Sharpness-Aware Noise-Explicit Reweighting of SAM's gradient (Luong et al. 2024).
@@ -216,7 +222,7 @@ def saner(
 
   def rule(clean: PyTree, variant: PyTree, state: SANERState
            ) -> tuple[PyTree, GroupFractions | None]:
-    if callable(gsam_alpha) or gsam_alpha:
+    if callable(gsam_alpha) or is_traced(gsam_alpha) or gsam_alpha:
       variant = gsam_combination(clean, variant, value_at(gsam_alpha, state.count))
     beta = value_at(beta_schedule, state.count)
     return saner_reweighting(clean, variant, beta, track_groups=track_groups)

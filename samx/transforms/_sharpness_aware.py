@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import optax
 
 from samx.transforms import _masks, _tree
-from samx.transforms._arguments import ArgumentError, check_count, check_flag, check_number
+from samx.transforms._arguments import (
+    ArgumentError,
+    check_count,
+    check_flag,
+    check_number,
+    is_traced,
+)
 from samx.transforms._composition import warn_about_composition
 from samx.transforms._objective import Objective
 from samx.transforms._perturbation import (
@@ -67,15 +73,16 @@ class SAMOptions:
   perturb_mask: _masks.Mask = None
   adaptive_mask: _masks.Mask = None
   group_path: str = "layers"
-  ascent_steps: int = 1
+  ascent_steps: int | None = None
   ascent_optimizer: optax.GradientTransformation | None = None
 
   def ascent(self, params: PyTree, *, transform: str) -> Ascent | None:
     """The ascent of ``ascent_steps`` steps (with ``ascent_optimizer``), or ``None`` for the
     single step of :meth:`perturbation`."""
-    if self.ascent_steps == 1 and self.ascent_optimizer is None:
+    steps = 1 if self.ascent_steps is None else self.ascent_steps
+    if steps == 1 and self.ascent_optimizer is None:
       return None
-    return iterated_ascent(self.perturbation(params, transform=transform), self.ascent_steps,
+    return iterated_ascent(self.perturbation(params, transform=transform), steps,
                            self.ascent_optimizer)
 
   def ascent_rule(self, params: PyTree, *, transform: str) -> AscentRule:
@@ -125,7 +132,7 @@ def check_options(options: SAMOptions, *, transform: str) -> None:
         "group_path",
         f"{transform}: `group_path` must be one of {', '.join(map(repr, GROUP_PATHS))}; got "
         f"{options.group_path!r}.")
-  check_count("ascent_steps", options.ascent_steps, minimum=1, allow_none=False,
+  check_count("ascent_steps", options.ascent_steps, minimum=1, allow_none=True,
               transform=transform)
   optimizer = options.ascent_optimizer
   if optimizer is not None and not (callable(getattr(optimizer, "init", None))
@@ -247,10 +254,11 @@ def check_like_params(transform: str, argument: str, tree: PyTree, params: PyTre
 
 def valid_radius(rho: ScalarOrSchedule, count: jax.Array) -> jax.Array | bool:
   """Whether ``rho`` at ``count`` is a finite number >= 0 (a number was checked when the
-  transform was built; a schedule is checked at each step)."""
-  if not callable(rho):
+  transform was built; a schedule, or a traced number from ``optax.inject_hyperparams``, is
+  checked at each step)."""
+  if not callable(rho) and not is_traced(rho):
     return True
-  value = jnp.asarray(rho(count))
+  value = jnp.asarray(value_at(rho, count))
   return jnp.isfinite(value) & (value >= 0)
 
 

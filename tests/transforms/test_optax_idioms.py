@@ -1,0 +1,89 @@
+"""optax's own idioms around samx transforms: ``optax.inject_hyperparams`` over every float
+hyperparameter of every transform, under ``jax.jit``, with no recompilation when a value
+changes, and the integer options static."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import samx
+
+PARAMS = {"w": jnp.array([[0.3, -0.2], [0.1, 0.4], [-0.5, 0.2]]), "b": jnp.array([0.1, -0.1])}
+X = jnp.asarray([[1.0, 0.0, 2.0], [0.5, -1.0, 0.0], [0.0, 1.0, 1.0], [2.0, 1.0, 0.0]])
+Y = jnp.asarray([0, 1, 1, 0])
+OBJECTIVE = samx.Objective(lambda p, x: jnp.tanh(x @ p["w"] + p["b"]),
+                           optax.softmax_cross_entropy_with_integer_labels, X, Y)
+
+# transform, its arguments, the integer ones (static), and a new value of each float one.
+CASES = {
+    "sam": (samx.sam, {"rho": 0.05}, (), {"rho": 0.2}),
+    "asam": (samx.sam, {"rho": 0.5, "adaptive": True, "eta": 0.01}, (),
+             {"rho": 1.0, "eta": 0.1}),
+    "1-sam": (samx.sam, {"rho": 0.05, "group_size": 1}, ("group_size",), {"rho": 0.2}),
+    "gsam": (samx.gsam, {"rho": 0.05, "alpha": 0.1}, (), {"rho": 0.2, "alpha": 0.5}),
+    "saner": (samx.saner, {"rho": 0.05, "alpha": 0.5, "warmup_steps": 0, "gsam_alpha": 0.1},
+              ("warmup_steps",), {"rho": 0.2, "alpha": 0.25, "gsam_alpha": 0.3}),
+    "logit_sam": (samx.logit_sam, {"rho": 0.05}, (), {"rho": 0.2}),
+    "jacobian_sam": (samx.jacobian_sam, {"rho": 0.05}, (), {"rho": 0.2}),
+    "looksam": (samx.looksam, {"rho": 0.05, "k": 1, "alpha": 0.7}, ("k",),
+                {"rho": 0.2, "alpha": 0.3}),
+    "ae_sam": (samx.ae_sam, {"rho": 0.05, "total_steps": 10, "delta": 0.9,
+                             "threshold_start": -10.0, "threshold_end": -10.0},
+               ("total_steps",), {"rho": 0.2, "delta": 0.5}),
+}
+
+
+def _direct_update(factory, arguments):
+  tx = factory(**arguments)
+  return tx.update(OBJECTIVE.grad(PARAMS), tx.init(PARAMS), PARAMS, objective=OBJECTIVE)[0]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_inject_hyperparams_under_jit_without_recompiling(name):
+  factory, arguments, static, changes = CASES[name]
+  tx = optax.inject_hyperparams(factory, static_args=static)(**arguments)
+  traces = []
+
+  @jax.jit
+  def step(state):
+    traces.append(1)
+    return tx.update(OBJECTIVE.grad(PARAMS), state, PARAMS, objective=OBJECTIVE)
+
+  state = tx.init(PARAMS)
+  updates, _ = step(state)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), updates,
+               _direct_update(factory, arguments))
+  for key, value in changes.items():  # a new value: the same compiled step, its own update
+    state.hyperparams[key] = jnp.asarray(value, state.hyperparams[key].dtype)
+    updates, _ = step(state)
+    arguments = {**arguments, key: value}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), updates,
+                 _direct_update(factory, arguments))
+  assert len(traces) == 1, f"{name} traced {len(traces)} times"
+
+
+@pytest.mark.parametrize(("factory", "arguments", "integer"), [
+    (samx.looksam, {"rho": 0.05, "k": 5}, "k"),
+    (samx.saner, {"rho": 0.05, "warmup_steps": 2}, "warmup_steps"),
+    (samx.sam, {"rho": 0.05, "group_size": 2}, "group_size"),
+    (samx.ae_sam, {"rho": 0.05, "total_steps": 10}, "total_steps"),
+])
+def test_an_integer_option_must_be_static_and_the_error_says_how(factory, arguments, integer):
+  with pytest.raises(samx.transforms.ArgumentError,
+                     match=rf"`{integer}` is an integer .* static_args=\(\"{integer}\",\)"):
+    optax.inject_hyperparams(factory)(**arguments).init(PARAMS)
+
+
+def test_a_negative_injected_radius_is_caught_at_the_step():
+  """Checked where concrete: a radius set in the state under jit makes the step non-finite
+  (samx's rule: a NaN update, the state as it was), as a bad schedule value does."""
+  tx = optax.inject_hyperparams(samx.sam)(rho=0.05)
+  state = tx.init(PARAMS)
+  state.hyperparams["rho"] = jnp.asarray(-1.0)
+  updates, _ = jax.jit(lambda s: tx.update(OBJECTIVE.grad(PARAMS), s, PARAMS,
+                                           objective=OBJECTIVE))(state)
+  assert all(bool(jnp.all(jnp.isnan(leaf))) for leaf in jax.tree.leaves(updates))
+  with pytest.raises(samx.transforms.ArgumentError, match="rho"):
+    optax.inject_hyperparams(samx.sam)(rho=-1.0).init(PARAMS)
