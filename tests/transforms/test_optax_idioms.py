@@ -31,7 +31,7 @@ CASES = {
                 {"rho": 0.2, "alpha": 0.3}),
     "ae_sam": (samx.ae_sam, {"rho": 0.05, "total_steps": 10, "delta": 0.9,
                              "threshold_start": -10.0, "threshold_end": -10.0},
-               ("total_steps",), {"rho": 0.2, "delta": 0.5}),
+               ("total_steps",), {"rho": 0.2, "delta": 0.5, "threshold_start": -5.0}),
 }
 
 
