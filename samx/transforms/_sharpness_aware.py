@@ -219,10 +219,26 @@ def check_update_arguments(
     raise ValueError(
         f"{transform} needs the current parameters: call "
         "`tx.update(grads, state, params, objective=...)`.")
+  check_not_masked(transform, params)
   if updates is not None:
     check_like_params(transform, "updates", updates, params)
   objective.check_batch(transform)
   warn_about_composition(transform)
+
+
+def check_not_masked(transform: str, params: PyTree) -> None:
+  """Raises an :class:`ArgumentError` if ``params`` has ``optax.MaskedNode`` leaves: the
+  transform is inside ``optax.masked`` or ``optax.multi_transform``, which hide the other
+  parameters from it, while the model it evaluates at ``w + eps`` needs all of them."""
+  masked = jax.tree.leaves(params, is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode))
+  if any(isinstance(leaf, optax.MaskedNode) for leaf in masked):
+    raise ArgumentError(
+        "params",
+        f"{transform} is inside optax.masked or optax.multi_transform, which hide some "
+        "parameters from it, but it evaluates the model at w + eps, which needs all of them. "
+        f"To perturb only some parameters, give the mask to the transform itself: "
+        f"{transform}(rho, perturb_mask=mask); to give groups of parameters their own "
+        f"optimizers, put it first: optax.chain({transform}(rho), optax.multi_transform(...)).")
 
 
 def check_like_params(transform: str, argument: str, tree: PyTree, params: PyTree) -> None:

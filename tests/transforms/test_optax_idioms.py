@@ -87,3 +87,26 @@ def test_a_negative_injected_radius_is_caught_at_the_step():
   assert all(bool(jnp.all(jnp.isnan(leaf))) for leaf in jax.tree.leaves(updates))
   with pytest.raises(samx.transforms.ArgumentError, match="rho"):
     optax.inject_hyperparams(samx.sam)(rho=-1.0).init(PARAMS)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda tx: optax.masked(tx, {"w": True, "b": False}),
+    lambda tx: optax.multi_transform({"sharp": tx, "plain": optax.sgd(0.1)},
+                                     {"w": "sharp", "b": "plain"}),
+])
+@pytest.mark.parametrize("factory", [samx.sam, samx.saner, samx.looksam, samx.ae_sam])
+def test_masked_and_multi_transform_are_refused_with_the_way_to_do_it(wrap, factory):
+  arguments = {samx.saner: {"warmup_steps": 2}, samx.ae_sam: {"total_steps": 10}}.get(factory, {})
+  tx = wrap(factory(0.05, **arguments))
+  with pytest.raises(samx.transforms.ArgumentError, match="perturb_mask=mask.*optax.chain"):
+    tx.update(OBJECTIVE.grad(PARAMS), tx.init(PARAMS), PARAMS, objective=OBJECTIVE)
+
+
+def test_perturb_mask_then_multi_transform_is_the_way():
+  """SAM perturbing ``w`` only, then each group its own optimizer: the order that works."""
+  tx = optax.chain(samx.sam(0.05, perturb_mask={"w": True, "b": False}),
+                   optax.multi_transform({"sgd": optax.sgd(0.1), "adam": optax.adam(0.01)},
+                                         {"w": "sgd", "b": "adam"}))
+  updates, _ = jax.jit(lambda s: tx.update(OBJECTIVE.grad(PARAMS), s, PARAMS,
+                                           objective=OBJECTIVE))(tx.init(PARAMS))
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(updates))
