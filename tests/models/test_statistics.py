@@ -154,7 +154,7 @@ def _fixed_statistics_setting():
           _training_gradient(nnx.clone(model), x, y))
 
 
-@pytest.mark.parametrize("group_path", ["layers", "vmap"])
+@pytest.mark.parametrize("group_path", ["layers", pytest.param("vmap", marks=pytest.mark.slow)])
 def test_one_sam_with_the_batch_statistics_equals_the_per_example_loop(group_path):
   """As a surrogate: the training-mode gradient plus the mean over examples of
   grad L_i(w + eps_i) - grad L_i(w); and without, that mean of grad L_i(w + eps_i) alone."""
@@ -177,6 +177,7 @@ def test_one_sam_with_the_batch_statistics_equals_the_per_example_loop(group_pat
     assert paths["['head']['kernel']"] == "dense", paths
 
 
+@pytest.mark.slow
 def test_one_sam_with_each_examples_own_statistics_is_another_function():
   """What ``perturbed_statistics="group"`` computes with group_size=1: every example normalised
   with its own statistics, a different update from the batch statistics'."""

@@ -101,6 +101,7 @@ def test_bfloat16_runs_its_convolution_and_dots_in_bfloat16_and_stays_close(pool
   assert error < 0.05, error
 
 
+@pytest.mark.slow  # a bfloat16 ViT's gradient compiled: the matrix's slice covers a step
 def test_bfloat16_gradients_are_float32():
   model, x = build(dtype=jnp.bfloat16), images()
   grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
