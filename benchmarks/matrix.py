@@ -15,6 +15,7 @@ small synthetic images with a learnable cue, and reports:
 
     python benchmarks/matrix.py                      # the whole matrix (about 25 min on 2 cores)
     python benchmarks/matrix.py --models vit --methods sgd,sam --dtypes float32
+    python benchmarks/matrix.py --tables-from benchmarks/results/matrix_cpu.json
 
 Writes a markdown table to stdout and JSON to ``--output``.
 """
@@ -187,6 +188,35 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def markdown_by_model(rows: list[dict], dtype: str) -> str:
+  """One dtype's cells as a table: a method per row, a model and grouping per column, each
+  cell ``time / SGD, memory / SGD`` (``-`` where the engine refuses the combination, ``n/a``
+  where it means nothing, ``failed`` where it did not train)."""
+  rows = [row for row in rows if row["dtype"] == dtype]
+  columns = list(dict.fromkeys((row["model"], row["grouping"]) for row in rows))
+  methods = list(dict.fromkeys(row["method"] for row in rows))
+  cells = {(row["method"], row["model"], row["grouping"]): row for row in rows}
+  short = {"whole batch": "", "group_size=1": ", 1-SAM"}
+
+  def cell(row: dict | None) -> str:
+    if row is None:
+      return ""
+    if row["status"] == "refused":
+      return "-"
+    if row["status"] == "n/a":
+      return "n/a"
+    if row["status"] != "trains":
+      return row["status"]
+    return f"{_ratio(row['time_over_sgd'])}, {_ratio(row['memory_over_sgd'])}"
+
+  lines = ["| method | " + " | ".join(f"{m}{short[g]}" for m, g in columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  for method in methods:
+    lines.append(f"| {method} | " + " | ".join(
+        cell(cells.get((method, m, g))) for m, g in columns) + " |")
+  return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default=",".join(MODELS))
@@ -197,7 +227,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument("--steps", type=int, default=6, help="training steps per cell")
   parser.add_argument("--rounds", type=int, default=5, help="timed rounds (0: no timing)")
   parser.add_argument("--output", type=pathlib.Path, default=None, help="JSON file to write")
+  parser.add_argument("--tables-from", type=pathlib.Path, default=None,
+                      help="print the tables of a JSON file this script wrote, and stop")
   args = parser.parse_args(argv)
+  if args.tables_from:
+    rows = json.loads(args.tables_from.read_text())["rows"]
+    for dtype in dict.fromkeys(row["dtype"] for row in rows):
+      print(f"\n{dtype}: time / SGD, memory / SGD\n" + markdown_by_model(rows, dtype))
+    return rows
   rows = run_matrix(args.models.split(","), args.methods.split(","),
                     args.groupings.split(","), args.dtypes.split(","), steps=args.steps,
                     rounds=args.rounds)
@@ -205,6 +242,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
   print(f"device: {device.platform} ({device.device_kind}); jax {jax.__version__}; batch 16 of "
         "16x16x3 synthetic images")
   print(markdown(rows))
+  for dtype in dict.fromkeys(row["dtype"] for row in rows):
+    print(f"\n{dtype}: time / SGD, memory / SGD\n" + markdown_by_model(rows, dtype))
   if args.output:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"device": f"{device.platform} ({device.device_kind})",
