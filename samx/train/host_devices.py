@@ -12,11 +12,11 @@ A collective that never completes is another matter: a host loop that dispatches
 ahead of the devices can hang XLA's CPU client (see :mod:`samx.train.in_flight`), and a longer
 timeout only makes it hang longer; bound the loop with :class:`samx.train.InFlight`.
 
-Example:
+Example (the environment of a subprocess; set ``os.environ`` itself before JAX starts):
   >>> import os
   >>> from samx.train import virtual_cpu_devices_flags
-  >>> os.environ["XLA_FLAGS"] = virtual_cpu_devices_flags(8, existing="")
-  >>> os.environ["XLA_FLAGS"].split()[0]
+  >>> env = {**os.environ, "XLA_FLAGS": virtual_cpu_devices_flags(8, existing="")}
+  >>> env["XLA_FLAGS"].split()[0]
   '--xla_force_host_platform_device_count=8'
 """
 
