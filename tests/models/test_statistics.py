@@ -154,21 +154,23 @@ def _fixed_statistics_setting():
           _training_gradient(nnx.clone(model), x, y))
 
 
-@pytest.mark.parametrize("group_path", ["layers", pytest.param("vmap", marks=pytest.mark.slow)])
-def test_one_sam_with_the_batch_statistics_equals_the_per_example_loop(group_path):
+@pytest.mark.parametrize(("group_path", "surrogate"), [
+    ("layers", True), pytest.param("layers", False, marks=pytest.mark.slow),
+    pytest.param("vmap", True, marks=pytest.mark.slow),
+    pytest.param("vmap", False, marks=pytest.mark.slow)])
+def test_one_sam_with_the_batch_statistics_equals_the_per_example_loop(group_path, surrogate):
   """As a surrogate: the training-mode gradient plus the mean over examples of
   grad L_i(w + eps_i) - grad L_i(w); and without, that mean of grad L_i(w + eps_i) alone."""
   model, x, y, fixed, params, grads = _fixed_statistics_setting()
   tx = samx.sam(0.05, group_size=1, group_path=group_path)
   perturbed, clean = _one_sam_by_definition(
       model, _statistics_by_definition(nnx.clone(model), x), x, y, 0.05)
-  for surrogate in (True, False):
-    objective = samx.Objective.from_nnx(fixed, xent, x, y, surrogate=surrogate)
-    updates, _ = jax.jit(lambda g, p, o: tx.update(g, tx.init(p), p, objective=o))(
-        grads, params, objective)
-    expected = (jax.tree.map(lambda g, p, c: g + p - c, grads, perturbed, clean) if surrogate
-                else perturbed)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TIGHT), updates, expected)
+  objective = samx.Objective.from_nnx(fixed, xent, x, y, surrogate=surrogate)
+  updates, _ = jax.jit(lambda g, p, o: tx.update(g, tx.init(p), p, objective=o))(
+      grads, params, objective)
+  expected = (jax.tree.map(lambda g, p, c: g + p - c, grads, perturbed, clean) if surrogate
+              else perturbed)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TIGHT), updates, expected)
   if group_path == "layers":
     plan = samx.group_plan(objective, params, group_size=1)
     paths = {leaf.leaf.replace(".value", ""): leaf.path for leaf in plan.leaves}

@@ -79,7 +79,8 @@ def test_a_kernel_gradient_in_a_branch_is_canonical():
 
 
 @pytest.mark.parametrize("make_tx", [
-    lambda: samx.looksam(0.05, k=2), lambda: samx.ae_sam(0.05, total_steps=10)])
+    lambda: samx.looksam(0.05, k=2),
+    pytest.param(lambda: samx.ae_sam(0.05, total_steps=10), marks=pytest.mark.slow)])
 def test_the_cheaper_variants_branches_have_only_canonical_convolutions(make_tx):
   model = samx.models.SmallCNN((8, 8, 1), 3, width=0.25, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
