@@ -16,15 +16,14 @@ is applied on the CPU backend only: the other compilers choose convolution layou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex_core
 
-from samx.transforms._layer_structure import CALLS, bind_equation, sub_jaxpr
+from samx.transforms._layer_structure import CALLS, interpret, sub_jaxpr
 
 
 def canonical_convolution(lhs: jax.Array, rhs: jax.Array, *, dimension_numbers: Any,
@@ -47,30 +46,15 @@ def canonical_convolution(lhs: jax.Array, rhs: jax.Array, *, dimension_numbers: 
   return jnp.transpose(output, np.argsort(out_order))
 
 
-def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
-  env: dict[Any, Any] = {}
-
-  def read(var: Any) -> Any:
-    return var.val if isinstance(var, jex_core.Literal) else env[var]
-
-  for var, value in zip(jaxpr.constvars, consts, strict=True):
-    env[var] = value
-  for var, value in zip(jaxpr.invars, args, strict=True):
-    env[var] = value
-  for eqn in jaxpr.eqns:
-    values = [read(var) for var in eqn.invars]
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-      with eqn.ctx.manager:
-        outs = [canonical_convolution(*values, **eqn.params)]
-    elif name in CALLS:
-      sub = sub_jaxpr(eqn)
-      outs = _evaluate(sub.jaxpr, sub.consts, values)
-    else:
-      outs = bind_equation(eqn, values)
-    for var, value in zip(eqn.outvars, outs, strict=True):
-      env[var] = value
-  return [read(var) for var in jaxpr.outvars]
+def _canonical_rule(eqn: Any, key: Any, values: list[Any]) -> list[Any] | None:
+  """Every convolution in the canonical layout, in nested calls too; the rest as it is."""
+  if eqn.primitive.name == "conv_general_dilated":
+    with eqn.ctx.manager:
+      return [canonical_convolution(*values, **eqn.params)]
+  if eqn.primitive.name in CALLS:
+    sub = sub_jaxpr(eqn)
+    return interpret(sub.jaxpr, sub.consts, values, _canonical_rule, key)
+  return None
 
 
 def with_canonical_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -84,7 +68,7 @@ def with_canonical_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
     if not any(eqn.primitive.name == "conv_general_dilated"
                for eqn in _all_equations(closed.jaxpr)):
       return fn(*args)
-    outputs = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args))
+    outputs = interpret(closed.jaxpr, closed.consts, jax.tree.leaves(args), _canonical_rule)
     return jax.tree.unflatten(jax.tree.structure(out_shape), outputs)
 
   return rewritten

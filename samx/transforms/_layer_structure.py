@@ -187,6 +187,32 @@ def bind_equation(eqn: Any, values: Sequence[Any]) -> list[Any]:
 
 
 LayerHook = Callable[[Layer, jax.Array, jax.Array], jax.Array]
+# (equation, its key, its input values) -> its outputs, or None to bind it as it is.
+EquationRule = Callable[[Any, Key, list[Any]], list[Any] | None]
+
+
+def interpret(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rule: EquationRule,
+              prefix: Key = ()) -> list[Any]:
+  """Evaluates ``jaxpr`` equation by equation; ``rule`` may compute an equation's outputs
+  itself (and recurse with :func:`interpret` into a call's jaxpr), else it is bound as it is."""
+  env: dict[Any, Any] = {}
+
+  def read(var: Any) -> Any:
+    return var.val if isinstance(var, jex_core.Literal) else env[var]
+
+  for var, value in zip(jaxpr.constvars, consts, strict=True):
+    env[var] = value
+  for var, value in zip(jaxpr.invars, args, strict=True):
+    env[var] = value
+  for index, eqn in enumerate(jaxpr.eqns):
+    key = (*prefix, index)
+    values = [read(var) for var in eqn.invars]
+    outs = rule(eqn, key, values)
+    if outs is None:
+      outs = bind_equation(eqn, values)
+    for var, value in zip(eqn.outvars, outs, strict=True):
+      env[var] = value
+  return [read(var) for var in jaxpr.outvars]
 
 
 def evaluate(structure: ModelStructure, leaves: Sequence[jax.Array], inputs: PyTree,
@@ -196,34 +222,17 @@ def evaluate(structure: ModelStructure, leaves: Sequence[jax.Array], inputs: PyT
   hooked = {layer.key: layer for layer in structure.layers if layer.key in hooks}
   calls = frozenset(key[:depth] for key in hooked for depth in range(1, len(key)))
 
-  def run(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], prefix: Key) -> list[Any]:
-    env: dict[Any, Any] = {}
-
-    def read(var: Any) -> Any:
-      return var.val if isinstance(var, jex_core.Literal) else env[var]
-
-    for var, value in zip(jaxpr.constvars, consts, strict=True):
-      env[var] = value
-    for var, value in zip(jaxpr.invars, args, strict=True):
-      env[var] = value
-    for index, eqn in enumerate(jaxpr.eqns):
-      key = (*prefix, index)
-      values = [read(var) for var in eqn.invars]
-      if key in hooked:
-        layer = hooked[key]
-        outs = [hooks[key](layer, values[1 - layer.weight_operand],
-                           values[layer.weight_operand])]
-      elif key in calls:
-        sub = sub_jaxpr(eqn)
-        outs = run(sub.jaxpr, sub.consts, values, key)
-      else:
-        outs = bind_equation(eqn, values)
-      for var, value in zip(eqn.outvars, outs, strict=True):
-        env[var] = value
-    return [read(var) for var in jaxpr.outvars]
+  def rule(eqn: Any, key: Key, values: list[Any]) -> list[Any] | None:
+    if key in hooked:
+      layer = hooked[key]
+      return [hooks[key](layer, values[1 - layer.weight_operand], values[layer.weight_operand])]
+    if key in calls:
+      sub = sub_jaxpr(eqn)
+      return interpret(sub.jaxpr, sub.consts, values, rule, key)
+    return None
 
   args = [*leaves, *jax.tree.leaves(inputs)]
-  outputs = run(structure.jaxpr.jaxpr, structure.jaxpr.consts, args, ())
+  outputs = interpret(structure.jaxpr.jaxpr, structure.jaxpr.consts, args, rule)
   return jax.tree.unflatten(structure.output_tree, outputs)
 
 
