@@ -61,11 +61,13 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
   """The inner product of two pytrees of the same structure, in at least float32.
 
   Not ``optax.tree_utils.tree_vdot``, which multiplies and sums in the leaves' dtype (bfloat16
-  for bfloat16 leaves).
+  for bfloat16 leaves), nor ``jnp.vdot``, which flattens each leaf: under sharded parameters
+  XLA gathers a leaf whole to flatten it, an all-gather that the SGD step does not have. An
+  elementwise product summed over all axes needs none.
   """
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   dtype = accumulation_dtype(leaves_a + leaves_b)
-  products = [jnp.vdot(x.astype(dtype), y.astype(dtype))
+  products = [jnp.sum(x.astype(dtype) * y.astype(dtype))
               for x, y in zip(leaves_a, leaves_b, strict=True)]
   return sum(products, jnp.zeros((), dtype))
 
