@@ -55,6 +55,19 @@ class Objective:
       :math:`\\tilde g` the surrogate's gradient at ``params`` (with ``group_size``, the mean of
       the groups' gradients, which the transform forms anyway; without, one more gradient
       evaluation), so that at ``rho = 0`` the update is the incoming gradient exactly.
+    microbatches: gradient accumulation. With ``k > 1`` every gradient of the objective (its
+      :meth:`value_and_grad`, and each one a transform evaluates: the perturbed gradient, the
+      ascent steps, the surrogate's) is the mean of the gradients of ``k`` equal consecutive
+      slices of the batch, taken one after another in a ``lax.scan`` with a float32 (or wider)
+      running sum: the memory of one slice's activations, and the same result as ``k = 1`` up
+      to rounding. So a sharpness-aware step over a batch too large for one backward pass
+      keeps *one* perturbation, from the whole batch's gradient, as if the batch fitted
+      (``optax.MultiSteps`` cannot: it hands the transform one microbatch at a time; see the
+      README's rules of composition). With ``group_size``, the groups are taken in ``k``
+      consecutive chunks (``groups_in_parallel = groups // k`` unless given). Forward-only
+      passes (:meth:`losses`, :meth:`apply`) run on the whole batch. With ``rngs``, slice
+      ``j`` draws from ``jax.random.fold_in(key, j)``, in its clean and perturbed passes
+      alike. ``k`` must divide the batch.
 
   Example:
     >>> import jax.numpy as jnp, samx
@@ -77,6 +90,14 @@ class Objective:
     ...                        jnp.ones((4, 2)), jnp.zeros(4), rngs=jax.random.key(0))
     >>> noisy.apply(jnp.ones(2)).shape
     (4,)
+
+    The same gradient, accumulated over two slices of two examples:
+
+    >>> accumulated = samx.Objective(
+    ...     lambda w, x: x @ w, lambda out, y: 0.5 * (out - y) ** 2,
+    ...     jnp.array([[1.0, 0.0], [0.0, 2.0]] * 2), jnp.array([1.0, 0.0] * 2), microbatches=2)
+    >>> accumulated.grad(jnp.array([0.0, 1.0])).tolist()
+    [-0.5, 2.0]
   """
 
   apply_fn: ApplyFn = dataclasses.field(metadata={"static": True})
@@ -86,6 +107,14 @@ class Objective:
   outputs: PyTree = None
   rngs: PyTree = None
   surrogate: bool = dataclasses.field(default=False, metadata={"static": True})
+  microbatches: int = dataclasses.field(default=1, metadata={"static": True})
+
+  def __post_init__(self):
+    if (isinstance(self.microbatches, bool) or not isinstance(self.microbatches, int)
+        or self.microbatches < 1):
+      raise ValueError(
+          f"Objective: `microbatches` must be a positive integer (the number of slices the "
+          f"batch's gradients are accumulated over; 1 for none); got {self.microbatches!r}.")
 
   @property
   def model_inputs(self) -> PyTree:
@@ -159,14 +188,39 @@ class Objective:
     the same as differentiating the local loss with respect to replicated parameters, which
     JAX sums over devices.
     """
-    if axis_name is None:
-      return jax.value_and_grad(self.loss)(params)
-    local = jax.value_and_grad(self.loss)(as_varying(params, axis_name))
-    return jax.lax.pmean(local, axis_name)
+    at = params if axis_name is None else as_varying(params, axis_name)
+    local = self.mean_over_microbatches(lambda part: jax.value_and_grad(part.loss)(at))
+    return local if axis_name is None else jax.lax.pmean(local, axis_name)
 
   def grad(self, params: PyTree, *, axis_name: Hashable | None = None) -> PyTree:
     """The gradient of the mean loss; see :meth:`value_and_grad` for ``axis_name``."""
     return self.value_and_grad(params, axis_name=axis_name)[1]
+
+  def mean_over_microbatches(self, fn: Callable[[Objective], PyTree]) -> PyTree:
+    """``fn(self)``, or with ``microbatches = k > 1`` the mean of ``fn`` over the batch's ``k``
+    consecutive slices (each an objective with ``microbatches=1``), evaluated one after
+    another in a ``lax.scan`` with a running sum in at least float32. For ``fn`` a mean over
+    examples (a loss, a gradient), the result is ``fn(self)`` up to rounding.
+
+    Raises:
+      ValueError: if ``microbatches`` does not divide the batch size.
+    """
+    if self.microbatches == 1:
+      return fn(self)
+    batch, count = self.batch_size, self.microbatches
+    if batch % count:
+      raise ValueError(
+          f"Objective: `microbatches`={count} must divide the batch size {batch}.")
+    slices = dataclasses.replace(self, microbatches=1).split_into_groups(batch // count)
+    shapes = jax.eval_shape(fn, jax.tree.map(lambda leaf: leaf[0], slices))
+    zeros = jax.tree.map(
+        lambda leaf: jnp.zeros(leaf.shape, jnp.result_type(jnp.float32, leaf.dtype)), shapes)
+
+    def add_slice(total, part):
+      return jax.tree.map(lambda t, r: t + r.astype(t.dtype), total, fn(part)), None
+
+    total, _ = jax.lax.scan(add_slice, zeros, slices)
+    return jax.tree.map(lambda t, like: (t / count).astype(like.dtype), total, shapes)
 
   def split_into_groups(self, group_size: int) -> Objective:
     """The objective with every batch leaf reshaped to ``(batch // group_size, group_size, ...)``.
@@ -174,6 +228,7 @@ class Objective:
     Mapping :meth:`value_and_grad` over axis 0 of the result (``jax.vmap``) gives each group's
     own mean loss and gradient, the building block of m-sharpness. ``rngs`` (if any) becomes
     one key per group, ``jax.random.fold_in(key, k)`` for group ``k``, stacked on axis 0.
+    Each group is evaluated whole (``microbatches=1``).
 
     Raises:
       ValueError: if ``group_size`` is not a positive integer that divides the batch.
@@ -194,12 +249,13 @@ class Objective:
         self, inputs=jax.tree.map(regroup, self.inputs),
         targets=jax.tree.map(regroup, self.targets),
         outputs=None if self.outputs is None else jax.tree.map(regroup, self.outputs),
-        rngs=None if self.rngs is None else jax.tree.map(per_group, self.rngs))
+        rngs=None if self.rngs is None else jax.tree.map(per_group, self.rngs),
+        microbatches=1)
 
   @classmethod
   def from_nnx(
       cls, model: Any, loss_fn: LossFn, inputs: PyTree, targets: PyTree, *, wrt: Any = None,
-      surrogate: bool = False,
+      surrogate: bool = False, microbatches: int = 1,
   ) -> Objective:
     """An objective over the parameters of a Flax NNX module.
 
@@ -211,7 +267,7 @@ class Objective:
     averages are left to the caller's clean pass, as SAM prescribes. RNG state (dropout) is
     frozen as well: every pass through the objective draws from the same keys. ``surrogate``
     is the field of the same name (``True`` for a model from
-    :func:`samx.models.normalizing_with`).
+    :func:`samx.models.normalizing_with`), and so is ``microbatches``.
 
     Example:
       >>> import jax.numpy as jnp, optax, samx
@@ -232,7 +288,7 @@ class Objective:
       return nnx.merge(graphdef, params, frozen, copy=True)(batch_inputs)
 
     return cls(apply_fn=apply_fn, loss_fn=loss_fn, inputs=inputs, targets=targets,
-               surrogate=surrogate)
+               surrogate=surrogate, microbatches=microbatches)
 
 
 jax.tree_util.register_dataclass(Objective)

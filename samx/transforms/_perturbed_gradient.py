@@ -131,6 +131,10 @@ def clean_and_perturbed_gradients(
   With a ``surrogate`` objective (:class:`samx.Objective`), the result is ``(grads, grads +
   g_sam - g)``: the incoming gradient, and it shifted by what the perturbation changes in the
   surrogate's gradient (without groups, ``g`` is one more gradient evaluation of the surrogate).
+
+  With ``objective.microbatches = k > 1`` (gradient accumulation), every gradient evaluated here
+  is the mean over the batch's ``k`` slices, one after another; with groups, the groups are
+  taken in ``k`` chunks. One ``eps`` serves the whole batch.
   """
   if objective.surrogate and per_group is not None:
     raise ValueError(
@@ -154,13 +158,20 @@ def clean_and_perturbed_gradients(
   if group_size is None:
     clean = pmean(grads)
     eps = eps_of(objective, clean, pmean, params)
-    perturbed = pmean(perturbed_gradient(objective, local_params, eps))
+    perturbed = pmean(objective.mean_over_microbatches(
+        lambda part: perturbed_gradient(part, local_params, eps)))
     if objective.surrogate:
       return anchored_to_incoming(clean, pmean(objective.grad(local_params)), perturbed)
     return clean, perturbed
 
   grouped = objective.split_into_groups(group_size)
   num_groups = objective.batch_size // group_size
+  if objective.microbatches > 1 and groups_in_parallel is None:
+    if num_groups % objective.microbatches:
+      raise ValueError(
+          f"Objective: `microbatches`={objective.microbatches} must divide the number of "
+          f"groups ({num_groups} = batch / group_size).")
+    groups_in_parallel = num_groups // objective.microbatches
   plan = None
   if group_path == "layers" and per_group is None and ascent_rule is not None and ascent is None:
     plan = plan_groups(objective, local_params, group_size, ascent_rule)

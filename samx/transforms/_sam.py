@@ -85,7 +85,10 @@ def sam(
   computed here from ``objective``; clip or scale after it. Under ``optax.MultiSteps`` (or any
   wrapper that calls ``update`` once per micro-batch) the count advances per micro-batch, so
   ``rho`` schedules (and SANER's ``warmup_steps``, LookSAM's ``k``, AE-SAM's ``total_steps``)
-  count micro-batches. A transform before samx in a chain is warned about once, when traced.
+  count micro-batches, and each micro-batch gets its own perturbation; for one perturbation
+  over an accumulated batch, give the whole batch to one objective with
+  ``samx.Objective(..., microbatches=k)``. A transform before samx in a chain is warned about
+  once, when traced.
 
   Args:
     rho: the radius of the ascent step, a number >= 0 or an optax schedule of the transform's

@@ -110,3 +110,21 @@ def test_perturb_mask_then_multi_transform_is_the_way():
   updates, _ = jax.jit(lambda s: tx.update(OBJECTIVE.grad(PARAMS), s, PARAMS,
                                            objective=OBJECTIVE))(tx.init(PARAMS))
   assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(updates))
+
+
+def test_apply_if_finite_judges_what_it_is_given():
+  """A finite gradient at ``w`` whose loss at ``w + eps`` overflows: around the whole chain,
+  ``optax.apply_if_finite`` sees only the incoming (finite) gradient and lets the NaN update
+  through; placed after samx, it sees samx's NaN update and skips the step."""
+  params = jnp.asarray([1.0])
+  # exp(40 w) is finite at w = 1 (about 2e17 in float32) and overflows at w + eps = 3.5.
+  objective = samx.Objective(lambda w, x: jnp.exp(40.0 * (x @ w)), lambda out, y: out - y,
+                             jnp.ones((2, 1)), jnp.zeros(2))
+  grads = objective.grad(params)
+  assert bool(jnp.all(jnp.isfinite(grads)))
+  around = optax.apply_if_finite(optax.chain(samx.sam(2.5), optax.sgd(1e-20)), 3)
+  after = optax.chain(samx.sam(2.5), optax.apply_if_finite(optax.sgd(1e-20), 3))
+  updates, state = around.update(grads, around.init(params), params, objective=objective)
+  assert bool(jnp.all(jnp.isnan(updates))) and int(state.notfinite_count) == 0
+  updates, state = after.update(grads, after.init(params), params, objective=objective)
+  assert bool(jnp.all(updates == 0)) and int(state[1].notfinite_count) == 1
