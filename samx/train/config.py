@@ -239,6 +239,26 @@ class PenaltyConfig:
     return self.feature_coef != 0.0 or self.weight_coef != 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+  """How the training state is laid out over the devices (:mod:`samx.train.sharding`); it
+  changes where arrays live, not what is computed (the metrics are the same to rounding), so a
+  run may be resumed with other values.
+
+  Attributes:
+    fsdp: fully sharded data parallel over this many devices: the devices form a mesh of
+      ``devices / fsdp`` (axis ``data``) by ``fsdp`` (axis ``fsdp``), the batch is split over
+      both, and every array of the state with at least ``min_elements`` elements is split
+      ``fsdp`` ways along its largest dimension that ``fsdp`` divides (the last on a tie);
+      the others are replicated. 1: data parallel, the state replicated on every device.
+    min_elements: arrays with fewer elements stay replicated (the default, 2^14 float32
+      elements, is 64 KiB: below it a gather costs more in latency than it saves in memory).
+  """
+
+  fsdp: int = 1
+  min_elements: int = 2**14
+
+
 # What ``optimizer.name=penalty`` sets when the penalty section is still off.
 PENALTY_SHORTHAND = PenaltyConfig(feature_coef=1e-3, weight_coef=1e-3)
 
@@ -266,7 +286,8 @@ class Config:
   Sections: ``data``, ``noise``, ``model``, ``optimizer`` (the method and the base optimizer),
   one section per method with options of its own (``saner``, ``gsam``, ``looksam``,
   ``ae_sam``), ``penalty`` (a
-  regulariser for any method) and ``schedule``.
+  regulariser for any method), ``schedule`` and ``sharding`` (how the state is laid out over
+  the devices).
 
   Attributes:
     epochs: passes over the training set.
@@ -274,8 +295,8 @@ class Config:
     eval_batch_size: the global batch of the evaluation passes.
     seed: fixes the initialisation, the subsets, the noise (unless ``noise.seed``), the batch
       order and the augmentation.
-    devices: train on the first ``devices`` of ``jax.devices()`` (``None``: all of them), as
-      a 1-D mesh with the batch sharded on its ``data`` axis.
+    devices: train on the first ``devices`` of ``jax.devices()`` (``None``: all of them), the
+      batch split over them (``sharding`` says how the state is laid out).
     train_eval_examples: how many training examples (a fixed subset) the per-epoch metrics of
       the training set use (``None``: all).
     eval_every: evaluate every this many epochs (and always after the last).
@@ -298,6 +319,7 @@ class Config:
   ae_sam: AESAMConfig = dataclasses.field(default_factory=AESAMConfig)
   penalty: PenaltyConfig = dataclasses.field(default_factory=PenaltyConfig)
   schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+  sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
   epochs: int = 10
   batch_size: int = 128
   eval_batch_size: int = 1000
@@ -636,6 +658,9 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(config.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", config.keep_checkpoints)
   _check(config.devices is None or config.devices >= 1, "devices", "a positive integer or none",
          config.devices)
+  _check(config.sharding.fsdp >= 1, "sharding.fsdp", ">= 1", config.sharding.fsdp)
+  _check(config.sharding.min_elements >= 1, "sharding.min_elements", ">= 1",
+         config.sharding.min_elements)
   if device_count is not None:
     _check(config.devices is None or config.devices <= device_count, "devices",
            f"at most the {device_count} available devices", config.devices)
@@ -644,6 +669,8 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
            config.batch_size)
     _check(config.eval_batch_size % used == 0, "eval_batch_size",
            f"divisible by the {used} devices", config.eval_batch_size)
+    _check(used % config.sharding.fsdp == 0, "sharding.fsdp",
+           f"a divisor of the {used} devices", config.sharding.fsdp)
   if o.group_size is not None and transform is not None:
     _check(config.batch_size % o.group_size == 0, "optimizer.group_size",
            f"a divisor of batch_size={config.batch_size}", o.group_size)

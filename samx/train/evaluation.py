@@ -66,7 +66,7 @@ class Evaluator:
   """Fixed evaluation sets: the test split, and the training split (all of it, or a fixed
   random subset of ``train_eval_examples``), each padded to whole batches of the mesh."""
 
-  def __init__(self, eval_sums: EvalSums, mesh: Mesh, batch_axis: str,
+  def __init__(self, eval_sums: EvalSums, mesh: Mesh, batch_axis: str | tuple[str, ...],
                sets: dict[str, dict[str, np.ndarray]], eval_batch_size: int):
     self._eval_sums, self._mesh, self._batch_axis = eval_sums, mesh, batch_axis
     shards = mesh.size * jax.process_count()

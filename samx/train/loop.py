@@ -42,6 +42,7 @@ from samx.train.run_dir import (
     remove_run,
     strict_json,
 )
+from samx.train.sharding import describe as describe_mesh
 from samx.train.step import TrainState
 from samx.train.trainer import BATCH_AXIS, Trainer, make_trainer
 from samx.train.training_data import TrainingData
@@ -577,8 +578,8 @@ def _run(config: Config, directory: RunDirectory | None, action: str,
   say(f"{data.name}: {len(data.train['label'])} training examples ({data.noise_rate:.0%} noisy "
       f"labels), {len(data.test['label'])} test; {config.model.name} with "
       f"{parameter_count(state):,} parameters, computing in {config.model.dtype}; "
-      f"{method_label(config)}; {trainer.mesh.size} "
-      f"device(s), {jax.process_count()} process(es)")
+      f"{method_label(config)}; {describe_mesh(trainer.mesh)}, "
+      f"{jax.process_count()} process(es)")
   step_arrays = {"input": data.train["input"], "label": data.train["label"]}
   try:
     evaluator = trainer.evaluator()

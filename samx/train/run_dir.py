@@ -130,8 +130,14 @@ class Decision(NamedTuple):
   differences: list[str]
 
 
+# The section that says where arrays live, not what is computed: a run may resume with other
+# values (a checkpoint is restored onto the new layout).
+LAYOUT_PREFIX = "sharding."
+
+
 def config_differences(stored: Config, wanted: Config) -> list[str]:
-  """``key: stored -> wanted`` for each configuration key that differs."""
+  """``key: stored -> wanted`` for each configuration key that differs (the ``sharding``
+  section aside: it may change between a run and its resumption)."""
 
   def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
@@ -143,7 +149,8 @@ def config_differences(stored: Config, wanted: Config) -> list[str]:
     return out
 
   a, b = flat(to_dict(stored)), flat(to_dict(wanted))
-  return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in b if a.get(key) != b.get(key)]
+  return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in b
+          if a.get(key) != b.get(key) and not key.startswith(LAYOUT_PREFIX)]
 
 
 def decide(run_dir: str | pathlib.Path, config: Config, *, overwrite: bool = False,

@@ -1,10 +1,11 @@
 """The compiled pieces of a run: the device mesh, the model definition, the optax chain and the
 jit-compiled step, initialisation and evaluation functions.
 
-The parameters are replicated and the global batch is sharded along the mesh's ``data`` axis,
+The global batch is split over every device of the mesh (axes ``data`` and ``fsdp``); the state
+is replicated, or with ``sharding.fsdp`` split over the ``fsdp`` axis (:mod:`samx.train.sharding`),
 so the same code runs on one CPU, several GPUs or a TPU pod slice (one process per host, after
-:func:`jax.distributed.initialize`); XLA inserts the cross-device reductions, and a SAM-family
-transform sees the gradient of the whole global batch.
+:func:`jax.distributed.initialize`); XLA inserts the collectives, and a SAM-family transform sees
+the gradient of the whole global batch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -26,10 +26,11 @@ from samx.train.errors import ConfigError
 from samx.train.evaluation import EvalSums, Evaluator, make_eval_sums, train_eval_subset
 from samx.train.methods import mask_options, method
 from samx.train.optimizer import build_optimizer, learning_rate_schedule
+from samx.train.sharding import BATCH_AXES, make_mesh, state_shardings
 from samx.train.step import Batch, Normalization, TrainState, make_train_step, prepare_inputs
 from samx.train.training_data import TrainingData, load_data
 
-BATCH_AXIS = "data"
+BATCH_AXIS = BATCH_AXES  # the batch is split over every axis of the mesh
 MAX_STEPS = 2**31 - 1  # the step counters of the state and of optax are int32
 
 
@@ -50,6 +51,7 @@ class Trainer:
   init: Callable[[], TrainState]
   train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
   eval_sums: EvalSums
+  state_sharding: TrainState  # a NamedSharding per leaf (samx.train.sharding)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -107,7 +109,7 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
                       f"({steps_per_epoch} per epoch), more than the {MAX_STEPS:,} that the "
                       f"step counters (int32) hold; train fewer epochs.")
   used = devices if config.devices is None else devices[:config.devices]
-  mesh = Mesh(np.asarray(used), (BATCH_AXIS,))
+  mesh = make_mesh(used, config.sharding.fsdp)
   replicated = NamedSharding(mesh, PartitionSpec())
 
   def new_model() -> nnx.Module:
@@ -134,6 +136,7 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
     _, params, model_state = nnx.split(new_model(), nnx.Param, ...)
     return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
 
+  state_sharding = state_shardings(jax.eval_shape(init), mesh, config.sharding.min_elements)
   train_step = make_train_step(
       graphdef, tx, method(config.optimizer.name), penalty=config.penalty,
       normalization=normalization, augment=config.data.augment, seed=config.seed,
@@ -143,7 +146,9 @@ def make_trainer(config: Config, data: TrainingData | None = None) -> Trainer:
   return Trainer(
       config=config, data=data, mesh=mesh, graphdef=graphdef, eval_graphdef=eval_graphdef,
       tx=tx, steps_per_epoch=steps_per_epoch, learning_rate=learning_rate,
-      init=jax.jit(init, out_shardings=replicated),
-      train_step=jax.jit(train_step, out_shardings=replicated, donate_argnums=0),
+      init=jax.jit(init, out_shardings=state_sharding),
+      train_step=jax.jit(train_step, out_shardings=(state_sharding, replicated),
+                         donate_argnums=0),
       eval_sums=jax.jit(make_eval_sums(eval_graphdef, normalization),
-                        out_shardings=replicated))
+                        out_shardings=replicated),
+      state_sharding=state_sharding)
