@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +26,25 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # Scripts the multi-device tests run in subprocesses with 8 virtual CPU devices. They are not
 # imported by the doctest collection: multidevice_checks.py sets XLA_FLAGS at import, which
 # would give this whole process 8 devices.
-collect_ignore = ["transforms/multidevice_checks.py", "train/devices_check.py"]
+collect_ignore = ["transforms/multidevice_checks.py", "transforms/sharded_collectives_checks.py",
+                  "train/devices_check.py", "train/fsdp_check.py"]
+
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_on_eight_cpu_devices(script: pathlib.Path, *args: str, timeout: int
+                             ) -> subprocess.CompletedProcess:
+  """``python script *args`` in a subprocess with 8 virtual CPU devices (XLA_FLAGS must be set
+  before JAX starts), importing samx from this checkout first: pytest puts it on this
+  process's path, but an installed samx (or none) is what a bare subprocess would import."""
+  from samx.train import virtual_cpu_devices_flags
+
+  path = os.pathsep.join([str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])])
+  env = {**os.environ, "XLA_FLAGS": virtual_cpu_devices_flags(8), "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": path}
+  return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
+                        text=True, timeout=timeout, check=False)
 
 
 def squared_error(outputs, targets):

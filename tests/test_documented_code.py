@@ -73,6 +73,12 @@ SETUPS = {
          "assert float(state.sum()) == 90.0 and in_flight.pending <= 4", False),
     "from samx.data import load, noise, dominoes, synthetic, pipeline":
         ("", "assert noisy.noisy_mask.mean() > 0.4", True),
+    "fsdp = 2 if n % 2 == 0 else 1":
+        ("", "assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves(params))", False),
+    "w = jnp.full((8, 4), 0.1)":
+        ("", "whole = samx.Objective(objective.apply_fn, objective.loss_fn, x, y)\n"
+             "expected, _ = tx.update(whole.grad(w), tx.init(w), w, objective=whole)\n"
+             "assert jnp.allclose(updates, expected, rtol=1e-5, atol=1e-7)", False),
     'config = train.override(train.preset("quickstart"), ["optimizer.name=sam"])':
         ("", "assert result.summary['status'] == 'finished'", False),
 }

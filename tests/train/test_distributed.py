@@ -105,21 +105,28 @@ def free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_through_jax_distributed_match_one_process(tmp_path):
+@pytest.mark.parametrize("layout", [[], ["sharding.fsdp=2", "sharding.min_elements=256"]],
+                         ids=["data_parallel", "fsdp"])
+def test_two_processes_through_jax_distributed_match_one_process(tmp_path, layout):
+  # With sharding.fsdp=2 the state is split over the two processes' devices: each process
+  # holds and checkpoints its own shards.
   settings = [arg for item in [*SMALL, "optimizer.name=saner", "checkpoint_every=1"]
               for arg in ("--set", item)]
+  sharded = [arg for item in layout for arg in ("--set", item)]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
   port = free_port()
   processes = [subprocess.Popen(
       [sys.executable, "-m", "samx", "train", "--no-progress", "--run-dir", str(tmp_path / "two"),
        "--coordinator-address", f"localhost:{port}", "--num-processes", "2", "--process-id",
-       str(i), *settings], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+       str(i), *settings, *sharded], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
       for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in processes]
   for p, (_, err) in zip(processes, outputs, strict=True):
     assert p.returncode == 0, err[-3000:]
-  assert "2 device(s), 2 process(es)" in outputs[0][0]
+  assert ("2 device(s) (data 1 x fsdp 2), 2 process(es)" if layout else
+          "2 device(s), 2 process(es)") in outputs[0][0]
   single = subprocess.run(
       [sys.executable, "-m", "samx", "train", "--no-progress", "--run-dir", str(tmp_path / "one"),
        *settings], env=env, capture_output=True, text=True, timeout=600)

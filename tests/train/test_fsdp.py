@@ -3,17 +3,15 @@ metrics on 8 virtual CPU devices with the state split 2 and 8 ways, every method
 the state still sharded when ``run`` returns, and checkpoints restored onto another mesh."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from conftest import run_on_eight_cpu_devices
 from jax.sharding import PartitionSpec as P
 from test_distributed import assert_same_metrics, make_image_folder
 
 from samx import train
-from samx.train import ConfigError, virtual_cpu_devices_flags
+from samx.train import ConfigError
 from samx.train.run_dir import config_differences
 from samx.train.sharding import fsdp_spec
 
@@ -47,9 +45,7 @@ def test_sharding_options_are_checked_and_may_change_on_resume():
 
 
 def run_check(*assignments):
-  env = {**os.environ, "XLA_FLAGS": virtual_cpu_devices_flags(8), "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, str(HERE / "fsdp_check.py"), *assignments], env=env,
-                          capture_output=True, text=True, timeout=1200)
+  result = run_on_eight_cpu_devices(HERE / "fsdp_check.py", *assignments, timeout=1200)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -7,7 +7,8 @@ data=2 x fsdp=2 x model=2) and each transform, one step of ``transform + sgd`` i
 - the update equals the same step on unsharded arrays (rtol 1e-5);
 - the compiled HLO's all-gathers of weight-shaped arrays (a weight matrix, or a stack of them
   per group, gathered along any axis) are, for each weight, no more than those of the baseline:
-  plain gradient descent that evaluates the gradient twice, at ``w`` and at a displaced point.
+  plain gradient descent that evaluates the gradient twice, at ``w`` and at a displaced point
+  (three times for SAM with two ascent steps, which evaluates it at three points).
   A sharpness-aware step evaluates it at ``w`` and at ``w + eps``, and a forward pass at a point
   that is not ``w`` gathers that point's weights wherever SGD gathers ``w`` (FSDP); what may not
   be added is a collective of the transform's own (an inner product that flattens a sharded
@@ -69,6 +70,7 @@ TRANSFORMS = {
     "ae_sam": lambda: samx.ae_sam(0.1, total_steps=10),
     "logit_sam": lambda: samx.logit_sam(0.1),
     "jacobian_sam": lambda: samx.jacobian_sam(0.1),
+    "sam_two_ascent_steps": lambda: samx.sam(0.1, ascent_steps=2),
     "sam_perturb_mask": lambda: samx.sam(0.1, perturb_mask={"w1": True, "b1": False,
                                                            "w2": True, "b2": False,
                                                            "w3": False}),
@@ -102,14 +104,20 @@ def loss_fn(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+# Gradient evaluations at distinct points per step: 2 (w and w + eps), more with ascent steps.
+EVALUATIONS = {"sam_two_ascent_steps": 3}
+
+
 def step_fn(name):
-  if name == "baseline":
+  if name.startswith("baseline"):
     tx = optax.sgd(0.1)
+    evaluations = int(name.split(":")[1])
 
     def baseline_step(params, state, inputs, labels):
       objective = samx.Objective(apply_fn, loss_fn, inputs, labels)
       grads = objective.grad(params)
-      grads = objective.grad(jax.tree.map(lambda w, g: w - 0.1 * g, params, grads))
+      for _ in range(evaluations - 1):
+        grads = objective.grad(jax.tree.map(lambda w, g: w - 0.1 * g, params, grads))
       updates, state = tx.update(grads, state, params)
       return updates, state
 
@@ -185,9 +193,11 @@ def main() -> int:
   for layout_name, layout in LAYOUTS.items():
     if only and layout_name not in only:
       continue
-    baseline, _ = compiled("baseline", layout, arrays)
-    print(f"baseline {layout_name}: {dict(baseline)}")
+    baselines = {count: compiled(f"baseline:{count}", layout, arrays)[0]
+                 for count in {2, *EVALUATIONS.values()}}
+    print(f"baselines {layout_name}: {baselines}")
     for name in TRANSFORMS:
+      baseline = baselines[EVALUATIONS.get(name, 2)]
       gathers, updates = compiled(name, layout, arrays)
       reference = unsharded_update(name, arrays)
       for key in SHAPES:

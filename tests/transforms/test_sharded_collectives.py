@@ -5,26 +5,17 @@ beyond what gradient descent with two gradient evaluations has on the same layou
 The checks need XLA_FLAGS set before JAX starts, so they run in a subprocess.
 """
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
-
-from samx.train import virtual_cpu_devices_flags
+from conftest import run_on_eight_cpu_devices
 
 CHECKS = pathlib.Path(__file__).with_name("sharded_collectives_checks.py")
-REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow  # a subprocess that compiles 17 transforms on three 8-device layouts
+@pytest.mark.slow  # a subprocess that compiles 18 transforms on three 8-device layouts
 def test_no_gather_beyond_gradient_descent():
-  path = os.pathsep.join([str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])])
-  env = {**os.environ, "XLA_FLAGS": virtual_cpu_devices_flags(8),
-         "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
-  result = subprocess.run([sys.executable, str(CHECKS)], env=env, capture_output=True,
-                          text=True, timeout=1800, check=False)
+  result = run_on_eight_cpu_devices(CHECKS, timeout=1800)
   assert result.returncode == 0, result.stdout + result.stderr
-  # 17 transforms x 3 layouts, each reported.
-  assert result.stdout.count("ok ") == 51, result.stdout
+  # 18 transforms x 3 layouts, each reported.
+  assert result.stdout.count("ok ") == 54, result.stdout
