@@ -62,7 +62,8 @@ def assert_fsdp_is_data_parallel(out, atol):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", [
-    "sgd", "sam", "saner", "gsam", "jsam", "looksam", "sam+optimizer.group_size=16",
+    "sgd", "sam", "asam", "saner", "gsam", "jsam", "looksam", "ae_sam",
+    "sam+optimizer.group_size=16",
     "lsam+optimizer.group_size=1"])
 def test_fsdp_gives_the_data_parallel_metrics(optimizer):
   name, *extra = optimizer.split("+")
