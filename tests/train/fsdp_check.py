@@ -3,10 +3,14 @@
 Trains one configuration data-parallel (``sharding.fsdp=1``) and fully sharded over 2 and 8
 devices, and prints the three histories, each run's per-device bytes of its final state, and
 whether every leaf of that state is laid out by the rule. Then saves the 8-way sharded state
-and restores it onto the 2-way mesh (orbax), checking values and shardings.
+and restores it onto the 2-way mesh (orbax), checking values and shardings; and stops a run
+with ``fsdp=8`` by SIGTERM at its 5th step (it saves that step) and resumes it with
+``fsdp=2``, printing the resumed history.
 """
 
 import json
+import os
+import pathlib
 import sys
 import tempfile
 
@@ -60,6 +64,20 @@ def main() -> None:
       a, b = jax.random.key_data(a), jax.random.key_data(b)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   out["restored_by_the_rule"] = laid_out_by_the_rule(restored, 2, base.sharding.min_elements)
+  with tempfile.TemporaryDirectory() as directory:
+    run_dir = pathlib.Path(directory) / "run"
+    os.environ["SAMX_SIGNAL_INJECTION"] = "TERM:step:5"
+    try:
+      train.run(train.override(base, ["sharding.fsdp=8"]), run_dir, resume="auto", log=None)
+      raise AssertionError("the run should have been stopped")
+    except train.TrainingPreempted as stopped:
+      assert stopped.step == 5, stopped.step
+    os.environ["SAMX_SIGNAL_INJECTION"] = "TERM:step:0"  # no more signals
+    resumed = train.run(train.override(base, ["sharding.fsdp=2"]), run_dir, resume="auto",
+                        log=None)
+    assert laid_out_by_the_rule(resumed.state, 2, base.sharding.min_elements)
+    out["resumed"] = [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+                      for r in resumed.history]
   print(json.dumps(out))
 
 

@@ -1,6 +1,7 @@
 """FSDP in the engine (``sharding.fsdp``): the rule that lays the state out, data-parallel
 metrics on 8 virtual CPU devices with the state split 2 and 8 ways, every method, BatchNorm,
-the state still sharded when ``run`` returns, and checkpoints restored onto another mesh."""
+the state still sharded when ``run`` returns, and checkpoints restored onto another mesh (a run
+stopped with the state split 8 ways resumes split 2 ways)."""
 
 import json
 import pathlib
@@ -55,6 +56,8 @@ def assert_fsdp_is_data_parallel(out, atol):
     assert_same_metrics(out["1"]["history"], out[fsdp]["history"], atol=atol)
     assert out[fsdp]["by_the_rule"] and out[fsdp]["sharded_parameters"] > 0
   assert out["1"]["sharded_parameters"] == 0 and out["restored_by_the_rule"]
+  # Stopped at step 5 with fsdp=8, resumed with fsdp=2: the uninterrupted run's metrics.
+  assert_same_metrics(out["1"]["history"], out["resumed"], atol=atol)
   # The state per device falls about as 1/N (small leaves stay replicated).
   assert out["2"]["bytes_per_device"] < 0.6 * out["1"]["bytes_per_device"]
   assert out["8"]["bytes_per_device"] < 0.2 * out["1"]["bytes_per_device"]
