@@ -9,6 +9,7 @@ import samx
 from samx import penalties
 
 
+@pytest.mark.slow  # per-example J-SAM on a convnet (the suite's time budget)
 def test_sgd_plus_the_penalty_is_the_1sam_jsam_step():
   with jax.enable_x64(True):
     rng = np.random.default_rng(0)

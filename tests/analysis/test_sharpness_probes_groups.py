@@ -18,6 +18,7 @@ def _quadratic(seed=0, n=20, d=6):
   return objective, jnp.asarray(rng.normal(size=d), jnp.float32), np.asarray(x, np.float64)
 
 
+@pytest.mark.slow  # a dense Hessian (the suite's time budget)
 def test_hessian_top_eigenvalue_matches_eigvalsh_of_the_dense_hessian():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(16, 3)), jnp.float32)

@@ -50,7 +50,13 @@ TRANSFORMS = {
 }
 
 
-@pytest.mark.parametrize("name", list(TRANSFORMS))
+# The rest of the transforms with the slow tests (the default suite's time budget).
+DEFAULT_SUITE = ("sam", "gsam", "logit_sam", "sam_ascent_steps", "1-sam")
+
+
+@pytest.mark.parametrize("name", [
+    name if name in DEFAULT_SUITE else pytest.param(name, marks=pytest.mark.slow)
+    for name in TRANSFORMS])
 def test_accumulated_step_equals_the_whole_batch_step(name):
   with jax.enable_x64(True):
     params, x, labels = _mlp_problem(jnp.float64)

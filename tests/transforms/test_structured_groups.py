@@ -339,6 +339,7 @@ class ConvBatchNormNet(nnx.Module):
     return self.head(jnp.mean(h, axis=(1, 2)))
 
 
+@pytest.mark.slow  # compiles a BatchNorm convnet both ways (the suite's time budget)
 def test_nnx_model_with_batchnorm_matches_the_group_loop():
   """BatchNorm couples the examples of a group: its statistics are the group's, as on the vmap
   path, and the structure covers the coupling (D_k is the gradient through it)."""
