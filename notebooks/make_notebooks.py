@@ -378,6 +378,24 @@ batch = next(pipeline.batches({"input": trainer.data.train["input"]}, config.bat
                               epoch=0, mesh=trainer.mesh))
 print(batch["input"].sharding)
 jax.debug.visualize_array_sharding(batch["input"][:, :8])"""),
+    ("markdown", """**FSDP.** With `sharding.fsdp=N` the state itself is split too: every array of
+at least `sharding.min_elements` elements (parameters, momentum, BatchNorm statistics) is split
+`N` ways along its largest dimension that `N` divides, the rest replicated
+(`docs/many-devices.md`). The metrics are data parallel's; each device holds a fraction of the
+state. Here the quick start's MLP (its weights are small, so `min_elements` is lowered to split
+them) on all devices, data parallel and fully sharded:"""),
+    ("code", """from samx.train import sharding
+
+layouts = {}
+for fsdp in (1, jax.device_count()):
+  result = train.run(train.override(all_devices, [f"sharding.fsdp={fsdp}",
+                                                  "sharding.min_elements=1024"]), log=None)
+  layouts[fsdp] = result
+  print(f"fsdp={fsdp}: test accuracy per epoch",
+        [round(r["test_accuracy"], 4) for r in result.history],
+        f"- state per device {sharding.bytes_per_device(result.state) / 1024:.0f} KiB")
+kernel = jax.tree.leaves(layouts[jax.device_count()].state.params)[-1]
+print("a kernel of shape", kernel.shape, "is laid out as", kernel.sharding.spec)"""),
 ]
 
 NOTEBOOKS = {

@@ -1,4 +1,5 @@
-"""The training engine: configs, presets, the jit-compiled data-parallel loop, comparisons.
+"""The training engine: configs, presets, the jit-compiled data-parallel (or FSDP) loop,
+comparisons.
 
 One module per concern, each importing only those above it in this list:
 
@@ -11,7 +12,8 @@ One module per concern, each importing only those above it in this list:
   chain, built from the config.
 - ``in_flight``: :class:`InFlight`, how far the host runs ahead of the devices.
 - ``step``: the pure training step; ``evaluation``: the clean/noisy metrics.
-- ``trainer``: the mesh and the compiled functions; ``files`` (atomic writes), ``run_lock``
+- ``sharding``: the mesh and where each array of the state lives (FSDP's rule).
+- ``trainer``: the compiled functions; ``files`` (atomic writes), ``run_lock``
   (one writer per directory), ``run_dir``, ``progress``, ``checkpoints`` (with checksums):
   what a run writes and shows; ``loop``: :func:`run`; ``compare``, ``presets``.
 - ``host_devices``: :func:`virtual_cpu_devices_flags`, for many-device runs on one CPU.
@@ -31,6 +33,7 @@ from samx.train.config import (
     OptimizerConfig,
     PenaltyConfig,
     ScheduleConfig,
+    ShardingConfig,
     from_dict,
     override,
     to_dict,
@@ -71,6 +74,7 @@ __all__ = [
     "RunStatus",
     "SANERConfig",
     "ScheduleConfig",
+    "ShardingConfig",
     "TrainState",
     "Trainer",
     "TrainingData",
