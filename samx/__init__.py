@@ -7,6 +7,7 @@ that ``import samx`` stays as light as the transforms.
 """
 
 import importlib
+import importlib.metadata
 from typing import Any
 
 from samx import analysis, penalties
@@ -34,7 +35,8 @@ from samx.transforms import (
     saner_beta_schedule,
 )
 
-__version__ = "0.1.0"
+# The one version: pyproject.toml's, read from the installed package's metadata.
+__version__ = importlib.metadata.version("samx")
 
 # Subpackages imported on first use.
 _LAZY_SUBPACKAGES = ("data", "models", "train")
