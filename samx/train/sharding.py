@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -27,7 +28,7 @@ FSDP_AXIS = "fsdp"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
 
-def make_mesh(devices: Sequence[jax.Device], fsdp: int) -> Mesh:
+def make_mesh(devices: Sequence[Any], fsdp: int) -> Mesh:
   """``devices`` as a ``(len(devices) // fsdp) x fsdp`` mesh with axes ``("data", "fsdp")``.
 
   ``jax.make_mesh`` orders the devices for the machine's topology (on a TPU slice, neighbours
@@ -65,7 +66,7 @@ def bytes_per_device(state: Any) -> int:
   """The bytes of ``state`` (sharded arrays) that one device holds: its shard of each leaf."""
   total = 0
   for leaf in jax.tree.leaves(state):
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       leaf = jax.random.key_data(leaf)
     shard = leaf.sharding.shard_shape(leaf.shape)
     total += math.prod(shard) * leaf.dtype.itemsize
