@@ -166,7 +166,7 @@ def ae_sam(
       objective: Objective | None = None, **extra_args: Any,
   ) -> tuple[PyTree, AESAMState]:
     del extra_args
-    check_update_arguments(name, params, objective, updates)
+    objective = check_update_arguments(name, params, objective, updates)
     clean = global_gradient(updates, axis_name)
     squared_norm = jnp.square(_tree.global_norm(clean)).astype(state.mean.dtype)
     mean = delta * state.mean + (1 - delta) * squared_norm

@@ -182,7 +182,7 @@ def looksam(
       objective: Objective | None = None, **extra_args: Any,
   ) -> tuple[PyTree, LookSAMState]:
     del extra_args
-    check_update_arguments(name, params, objective, updates)
+    objective = check_update_arguments(name, params, objective, updates)
 
     def perturbed_step() -> tuple[PyTree, PyTree, jax.Array]:
       clean, perturbed = sharpness_aware_gradients(name, rho, options, objective, params,

@@ -203,10 +203,11 @@ PERTURBED_AS_IS = Combination(init=SAMState, rule=_perturbed_as_is)
 def check_update_arguments(
     transform: str, params: PyTree | None, objective: Objective | None,
     updates: PyTree = None,
-) -> None:
+) -> Objective:
   """Explains the call if ``update`` was not given the objective and the parameters, if
   ``updates`` (the gradient) does not have the structure and shapes of ``params``, or if the
-  objective's batch is not one size (checked here, before any model or loss sees it)."""
+  objective's batch is not one size (checked here, before any model or loss sees it); returns
+  the objective, known from here on to be one."""
   if objective is None:
     raise ValueError(
         f"{transform} needs the objective: call "
@@ -224,6 +225,7 @@ def check_update_arguments(
     check_like_params(transform, "updates", updates, params)
   objective.check_batch(transform)
   warn_about_composition(transform)
+  return objective
 
 
 def check_not_masked(transform: str, params: PyTree) -> None:
@@ -338,7 +340,7 @@ def sharpness_aware_transform(
       objective: Objective | None = None, **extra_args: Any,
   ) -> tuple[PyTree, Any]:
     del extra_args
-    check_update_arguments(transform, params, objective, updates)
+    objective = check_update_arguments(transform, params, objective, updates)
     per_group = (lambda g, g_sam: combination.rule(g, g_sam, state)) if combine_per_group else None
     gradients = sharpness_aware_gradients(
         transform, rho, options, objective, params, updates, state.count,
