@@ -40,7 +40,7 @@ class AESAMState(NamedTuple):
     last_was_sam: whether the last update was a SAM step.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
   mean: jax.Array
   variance: jax.Array
   sam_steps: jax.Array
@@ -162,7 +162,7 @@ def ae_sam(
                       last_was_sam=jnp.zeros([], bool))
 
   def update_fn(
-      updates: PyTree, state: AESAMState, params: PyTree | None = None, *,
+      updates: PyTree, state: Any, params: PyTree | None = None, *,  # an AESAMState
       objective: Objective | None = None, **extra_args: Any,
   ) -> tuple[PyTree, AESAMState]:
     del extra_args
@@ -190,7 +190,7 @@ def ae_sam(
     finite = (finite & _tree.all_finite(clean) & jnp.isfinite(mean)
               & jnp.isfinite(variance))
     new_state = AESAMState(
-        count=optax.safe_increment(state.count), mean=mean, variance=variance,
+        count=jnp.asarray(optax.safe_increment(state.count)), mean=mean, variance=variance,
         sam_steps=state.sam_steps + use_sam.astype(jnp.int32), last_was_sam=use_sam)
     return nonfinite_rule(finite, update, new_state, state)
 

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 class ArgumentError(ValueError):
@@ -44,7 +45,7 @@ def is_traced(value: Any) -> bool:
   under ``jit``: they are checked where they are concrete (when the transform is built outside
   ``jit``, and by ``optax.inject_hyperparams``'s own ``init``) and nowhere else.
   """
-  return isinstance(value, jax.core.Tracer)
+  return isinstance(value, Tracer)
 
 
 def check_number(

@@ -43,7 +43,7 @@ def canonical_convolution(lhs: jax.Array, rhs: jax.Array, *, dimension_numbers: 
   output = jax.lax.conv_general_dilated_p.bind(
       jnp.transpose(lhs, lhs_order), jnp.transpose(rhs, rhs_order),
       dimension_numbers=canonical, **params)
-  return jnp.transpose(output, np.argsort(out_order))
+  return jnp.transpose(output, tuple(np.argsort(out_order).tolist()))
 
 
 def _canonical_rule(eqn: Any, key: Any, values: list[Any]) -> list[Any] | None:

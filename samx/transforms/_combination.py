@@ -27,7 +27,7 @@ class GroupFractions(NamedTuple):
   c: jax.Array
 
 
-def gsam_combination(clean: PyTree, perturbed: PyTree, alpha: jax.Array) -> PyTree:
+def gsam_combination(clean: PyTree, perturbed: PyTree, alpha: jax.Array | float) -> PyTree:
   """``g_sam - alpha * g_perp`` with ``g_perp`` the part of ``g`` orthogonal to ``g_sam`` (GSAM).
 
   If ``g_sam`` is zero, all of ``g`` counts as orthogonal to it.
@@ -68,14 +68,15 @@ def group_fractions(in_b: PyTree, in_c: PyTree) -> GroupFractions:
     return GroupFractions(*(jnp.zeros([], jnp.float32) for _ in GroupFractions._fields))
 
   def count(masks: PyTree) -> jax.Array:
-    return sum(jnp.sum(mask, dtype=jnp.float32) for mask in jax.tree.leaves(masks))
+    return sum((jnp.sum(mask, dtype=jnp.float32) for mask in jax.tree.leaves(masks)),
+               jnp.zeros([], jnp.float32))
 
   b, c = count(in_b) / total, count(in_c) / total
   return GroupFractions(a=jnp.maximum(1.0 - b - c, 0.0), b=b, c=c)
 
 
 def saner_reweighting(
-    clean: PyTree, variant: PyTree, beta: jax.Array, *, track_groups: bool = True
+    clean: PyTree, variant: PyTree, beta: jax.Array | float, *, track_groups: bool = True
 ) -> tuple[PyTree, GroupFractions | None]:
   """SANER's update, ``g_variant`` with group B scaled by ``beta``, and the group fractions.
 

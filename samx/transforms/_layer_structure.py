@@ -22,7 +22,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +127,8 @@ def _walk(jaxpr: Any, views: dict[Any, int], prefix: Key, layers: dict[int, list
       continue
     name = eqn.primitive.name
     if name in _VIEWS:
-      views[eqn.outvars[0]] = held[0]
+      if held[0] is not None:
+        views[eqn.outvars[0]] = held[0]
     elif name in CALLS:
       sub = sub_jaxpr(eqn).jaxpr
       sub_views = {var: leaf for var, leaf in zip(sub.invars, held, strict=True)
@@ -135,13 +136,15 @@ def _walk(jaxpr: Any, views: dict[Any, int], prefix: Key, layers: dict[int, list
       _walk(sub, sub_views, key, layers, other)
     elif name == "dot_general" and sum(leaf is not None for leaf in held) == 1:
       operand = 0 if held[0] is not None else 1
-      found = _dense_layer(eqn, key, held[operand], operand)
-      (layers.setdefault(held[operand], []).append(found) if isinstance(found, Layer)
-       else refuse(held[operand], found))
+      leaf = cast(int, held[operand])  # the one operand that holds a leaf
+      found = _dense_layer(eqn, key, leaf, operand)
+      (layers.setdefault(leaf, []).append(found) if isinstance(found, Layer)
+       else refuse(leaf, found))
     elif name == "conv_general_dilated" and held[0] is None:
-      found = _conv_layer(eqn, key, held[1])
-      (layers.setdefault(held[1], []).append(found) if isinstance(found, Layer)
-       else refuse(held[1], found))
+      leaf = cast(int, held[1])  # the kernel: the input holds none, and one of them does
+      found = _conv_layer(eqn, key, leaf)
+      (layers.setdefault(leaf, []).append(found) if isinstance(found, Layer)
+       else refuse(leaf, found))
     else:
       for leaf in held:
         if leaf is not None:
@@ -315,7 +318,7 @@ def rows_to_output(layer: Layer, rows: jax.Array) -> jax.Array:
   out_spec = layer.params["dimension_numbers"].out_spec
   order = (out_spec[0], *out_spec[2:], out_spec[1])
   canonical = rows.reshape([layer.output_shape[d] for d in order])
-  return jnp.transpose(canonical, np.argsort(order))
+  return jnp.transpose(canonical, tuple(np.argsort(order).tolist()))
 
 
 def _weight_order(layer: Layer) -> tuple[int, ...]:
@@ -334,4 +337,5 @@ def weight_matrix(layer: Layer, weight: jax.Array) -> jax.Array:
 def matrix_to_weight(layer: Layer, matrix: jax.Array) -> jax.Array:
   """The inverse of :func:`weight_matrix`."""
   order = _weight_order(layer)
-  return jnp.transpose(matrix.reshape([layer.weight_shape[d] for d in order]), np.argsort(order))
+  return jnp.transpose(matrix.reshape([layer.weight_shape[d] for d in order]),
+                       tuple(np.argsort(order).tolist()))

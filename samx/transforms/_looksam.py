@@ -40,7 +40,7 @@ class LookSAMState(NamedTuple):
       clean gradient of its step (zeros before the first update).
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
   orthogonal_gradient: PyTree
 
 
@@ -78,7 +78,8 @@ def orthogonal_part(perturbed: PyTree, clean: PyTree) -> PyTree:
                                              ).astype(s.dtype), perturbed, clean)
 
 
-def reuse_orthogonal_part(clean: PyTree, orthogonal: PyTree, alpha: jax.Array) -> PyTree:
+def reuse_orthogonal_part(clean: PyTree, orthogonal: PyTree, alpha: jax.Array | float
+                          ) -> PyTree:
   """``g + alpha (||g|| / ||g_v||) g_v``: LookSAM's update between perturbed gradients (``g``
   if ``g_v`` is zero). The norms are formed without overflow
   (:func:`samx.transforms._tree.stable_global_norm`)."""
@@ -178,7 +179,7 @@ def looksam(
                         orthogonal_gradient=optax.tree_utils.tree_zeros_like(params))
 
   def update_fn(
-      updates: PyTree, state: LookSAMState, params: PyTree | None = None, *,
+      updates: PyTree, state: Any, params: PyTree | None = None, *,  # a LookSAMState
       objective: Objective | None = None, **extra_args: Any,
   ) -> tuple[PyTree, LookSAMState]:
     del extra_args
@@ -208,7 +209,7 @@ def looksam(
     update, orthogonal, finite = jax.lax.cond(
         state.count % k == 0, like_state(with_canonical_convolutions(perturbed_step)),
         like_state(reusing_step), None)
-    new_state = LookSAMState(count=optax.safe_increment(state.count),
+    new_state = LookSAMState(count=jnp.asarray(optax.safe_increment(state.count)),
                              orthogonal_gradient=orthogonal)
     return nonfinite_rule(finite, update, new_state, state)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,8 @@ class Objective:
     [-0.5, 2.0]
   """
 
-  apply_fn: ApplyFn = dataclasses.field(metadata={"static": True})
+  # (params, inputs), or (params, inputs, rngs) with rngs
+  apply_fn: Callable[..., PyTree] = dataclasses.field(metadata={"static": True})
   loss_fn: LossFn = dataclasses.field(metadata={"static": True})
   inputs: PyTree
   targets: PyTree
@@ -157,7 +158,8 @@ class Objective:
           "Objective: every leaf of `inputs` and `targets` must have the batch along axis 0 "
           f"with one common size; got sizes {sorted(sizes['inputs'], key=str)} for inputs and "
           f"{sorted(sizes['targets'], key=str)} for targets (None = a scalar leaf).")
-    return all_sizes.pop()
+    (size,) = all_sizes
+    return cast(int, size)  # not None: checked above
 
   def losses(self, params: PyTree) -> jax.Array:
     """Per-example losses at ``params``, shape ``(batch,)``."""
@@ -318,6 +320,7 @@ def as_varying(tree: PyTree, axis_name: Hashable) -> PyTree:
       return leaf
     if hasattr(jax.lax, "pcast"):
       return jax.lax.pcast(leaf, missing, to="varying")
-    return jax.lax.pvary(leaf, missing)  # JAX releases before `pcast`
+    # JAX releases before `pcast`
+    return jax.lax.pvary(leaf, missing)  # pyright: ignore[reportAttributeAccessIssue]
 
   return jax.tree.map(cast, tree)

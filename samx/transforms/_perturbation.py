@@ -12,17 +12,17 @@ from samx.transforms import _masks, _tree
 
 PyTree = Any
 # (grads, params, rho) -> eps, a pytree like params.
-Perturbation = Callable[[PyTree, PyTree, jax.Array], PyTree]
+Perturbation = Callable[[PyTree, PyTree, jax.Array | float], PyTree]
 
 
-def _step_of_length(rho: jax.Array, direction: PyTree, norm: jax.Array) -> PyTree:
+def _step_of_length(rho: jax.Array | float, direction: PyTree, norm: jax.Array) -> PyTree:
   """``rho * direction / norm``, or zeros where ``norm`` is zero or not finite."""
   inverse, ok = _tree.safe_reciprocal(norm)
   factor = rho * inverse
   return jax.tree.map(lambda d: jnp.where(ok, factor * d, 0.0).astype(d.dtype), direction)
 
 
-def sam_perturbation(grads: PyTree, params: PyTree, rho: jax.Array) -> PyTree:
+def sam_perturbation(grads: PyTree, params: PyTree, rho: jax.Array | float) -> PyTree:
   """SAM's ascent step ``eps = rho * g / ||g||``; zero if ``||g||`` is 0 or inf."""
   del params
   return _step_of_length(rho, grads, _tree.global_norm(grads))
@@ -35,7 +35,7 @@ def asam_perturbation(eta: float, scaled: list[bool] | None = None) -> Perturbat
   get ``T = 1``, as the ASAM authors' code does for biases. ``None``: every leaf.
   """
 
-  def perturb(grads: PyTree, params: PyTree, rho: jax.Array) -> PyTree:
+  def perturb(grads: PyTree, params: PyTree, rho: jax.Array | float) -> PyTree:
     flags = scaled if scaled is not None else [True] * len(jax.tree.leaves(params))
     grad_leaves, treedef = jax.tree.flatten(grads)
     scale_w = [jnp.abs(w) + eta if flag else None
@@ -59,7 +59,7 @@ def masked_perturbation(perturbation: Perturbation, perturbed: list[bool] | None
   if perturbed is None:
     return perturbation
 
-  def perturb(grads: PyTree, params: PyTree, rho: jax.Array) -> PyTree:
+  def perturb(grads: PyTree, params: PyTree, rho: jax.Array | float) -> PyTree:
     eps = perturbation(_masks.select(grads, perturbed), _masks.select(params, perturbed), rho)
     return _masks.fill(grads, perturbed, eps)
 
@@ -68,7 +68,7 @@ def masked_perturbation(perturbation: Perturbation, perturbed: list[bool] | None
 
 # (gradient_at, grads, params, rho) -> eps: several ascent steps, with gradient_at(eps) the
 # gradient of the loss at params + eps and grads the gradient at params.
-Ascent = Callable[[Callable[[PyTree], PyTree], PyTree, PyTree, jax.Array], PyTree]
+Ascent = Callable[[Callable[[PyTree], PyTree], PyTree, PyTree, jax.Array | float], PyTree]
 
 
 def iterated_ascent(perturbation: Perturbation, steps: int = 1,
@@ -89,7 +89,7 @@ def iterated_ascent(perturbation: Perturbation, steps: int = 1,
   """
 
   def ascend(gradient_at: Callable[[PyTree], PyTree], grads: PyTree, params: PyTree,
-             rho: jax.Array) -> PyTree:
+             rho: jax.Array | float) -> PyTree:
     state = None if optimizer is None else optimizer.init(params)
     eps = None
     for step in range(steps):

@@ -81,7 +81,7 @@ def clean_and_perturbed_gradients(
     objective: Objective,
     params: PyTree,
     grads: PyTree,
-    rho: jax.Array,
+    rho: jax.Array | float,
     *,
     perturbation: Perturbation,
     perturbed_loss: PerturbedLoss = loss_at_perturbation,

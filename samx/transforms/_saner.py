@@ -40,7 +40,7 @@ class SANERState(NamedTuple):
       :class:`samx.GroupFractions`.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
   beta: jax.Array
   group_fractions: GroupFractions
 

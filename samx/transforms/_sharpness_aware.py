@@ -51,7 +51,7 @@ PyTree = Any
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 
 
-def value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
+def value_at(value: ScalarOrSchedule, count: jax.Array) -> jax.Array | float:
   """A number (kept weakly typed, so it takes the parameters' precision), or a schedule
   evaluated at ``count``."""
   return jnp.asarray(value(count)) if callable(value) else value
@@ -168,7 +168,7 @@ class SAMState(NamedTuple):
       are evaluated at it.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
 
 
 class Combination(NamedTuple):

@@ -172,7 +172,7 @@ def _matmul(a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
 
 
 def structured_group_sums(
-    plan: StructuredPlan, chunk: Objective, params: PyTree, rho: jax.Array,
+    plan: StructuredPlan, chunk: Objective, params: PyTree, rho: jax.Array | float,
     perturbed_loss: PerturbedLoss, axis_name: Hashable | None = None,
 ) -> tuple[PyTree, PyTree]:
   """Sums over the groups of ``chunk`` (axis 0 of its batch leaves) of the clean group

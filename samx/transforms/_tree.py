@@ -81,7 +81,7 @@ def add(a: PyTree, b: PyTree) -> PyTree:
   return jax.tree.map(lambda x, y: x + y.astype(x.dtype), a, b)
 
 
-def scale(factor: jax.Array, tree: PyTree) -> PyTree:
+def scale(factor: jax.Array | float, tree: PyTree) -> PyTree:
   """``factor * tree`` leafwise, keeping each leaf's dtype.
 
   Not ``optax.tree_utils.tree_scale``, which promotes: a float32 array ``factor`` times
