@@ -63,7 +63,7 @@ def _int_env(name: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  plain = __doc__.replace("``", "")  # the docstring without its reStructuredText markup
+  plain = (__doc__ or "").replace("``", "")  # the docstring without its reST markup
   parser = argparse.ArgumentParser(
       prog="samx", description=plain.split("\n\n")[0],
       epilog="\n\n".join(plain.split("\n\n")[1:]),
@@ -178,7 +178,7 @@ def _main(args: argparse.Namespace) -> int:
 
   if args.command == "presets":
     for name, make in train.PRESETS.items():
-      print(f"{name:<26} {' '.join(make.__doc__.split())}")
+      print(f"{name:<26} {' '.join((make.__doc__ or '').split())}")
     return 0
   if args.command == "methods":
     for name, entry in train.METHODS.items():

@@ -36,7 +36,7 @@ def compute_dtype(dtype: DTypeLike) -> np.dtype:
     canonical = None if dtype is None else np.dtype(jnp.dtype(dtype))
   except TypeError:
     canonical = None
-  if canonical in COMPUTE_DTYPES:
+  if canonical is not None and canonical in COMPUTE_DTYPES:
     return canonical
   got = repr(dtype) if canonical is None else canonical.name
   message = f"dtype must be float32 or bfloat16 (the compute dtype); got {got}."
