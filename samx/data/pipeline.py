@@ -122,7 +122,8 @@ def prefetch(items: Iterable[T], size: int = 2) -> Iterator[T]:
     yield ahead.popleft()
 
 
-def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+def normalize(images: jax.Array, mean: Sequence[float] | np.ndarray,
+              std: Sequence[float] | np.ndarray) -> jax.Array:
   """uint8 images to float32 ``(x / 255 - mean) / std`` per channel."""
   scaled = images.astype(jnp.float32) / 255.0
   return (scaled - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
@@ -151,7 +152,8 @@ def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
 
 def augment(
     key: jax.Array, images: jax.Array, *, crop_padding: int = 4, flip: bool = True,
-    mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
+    mean: Sequence[float] | np.ndarray = CIFAR10_MEAN,
+    std: Sequence[float] | np.ndarray = CIFAR10_STD,
 ) -> jax.Array:
   """The standard CIFAR augmentation on device: random crop with padding, flip, normalisation.
 

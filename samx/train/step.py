@@ -63,12 +63,12 @@ def prepare_inputs(inputs: jax.Array, normalization: Normalization,
                    augment_key: jax.Array | None = None) -> jax.Array:
   """Inputs as the model sees them: uint8 images normalised (and, with ``augment_key``,
   randomly cropped and flipped); float inputs as they are."""
-  if normalization.mean is None:
+  mean, std = normalization  # both or neither
+  if mean is None or std is None:
     return inputs.astype(jnp.float32)
   if augment_key is not None:
-    return pipeline.augment(augment_key, inputs, crop_padding=4, flip=True,
-                            mean=normalization.mean, std=normalization.std)
-  return pipeline.normalize(inputs, normalization.mean, normalization.std)
+    return pipeline.augment(augment_key, inputs, crop_padding=4, flip=True, mean=mean, std=std)
+  return pipeline.normalize(inputs, mean, std)
 
 
 def logits_of(outputs: PyTree) -> jax.Array:
