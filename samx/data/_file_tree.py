@@ -125,6 +125,15 @@ def _check_end(source: pathlib.Path, archive: tarfile.TarFile, reader: _ForwardR
     position += len(chunk)
 
 
+def _member_bytes(source: pathlib.Path, archive: tarfile.TarFile,
+                  member: tarfile.TarInfo) -> bytes:
+  """The contents of the regular file ``member`` of ``archive``."""
+  file = archive.extractfile(member)
+  if file is None:  # tarfile gives None only for members that are not regular files
+    raise corrupt(source, f"corrupt or unreadable archive: no contents for {member.name}")
+  return file.read()
+
+
 def _read_archive(source: pathlib.Path, wanted: Callable[[str], bool],
                   progress: Progress | None) -> Tree:
   paths, contents = [], {}
@@ -147,7 +156,7 @@ def _read_archive(source: pathlib.Path, wanted: Callable[[str], bool],
             path = member.name.removeprefix("./")
             paths.append(path)
             if wanted(path):
-              contents[path] = archive.extractfile(member).read()
+              contents[path] = _member_bytes(source, archive, member)
         _check_end(source, archive, reader)
     except io.UnsupportedOperation:  # a backward seek: a bug here, not a damaged archive
       raise

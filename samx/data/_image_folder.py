@@ -26,6 +26,8 @@ PROGRESS_DELAY_S = 3.0
 
 # Called with (images, labels, class_names) before they are cached or returned; raises to refuse.
 Check = Callable[[np.ndarray, np.ndarray, tuple[str, ...]], None]
+# What a split is read as: uint8 NHWC images, int32 labels and the class names.
+Arrays = tuple[np.ndarray, np.ndarray, tuple[str, ...]]
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -65,7 +67,7 @@ def _cache_file(source: pathlib.Path, key: str, split: str, cache_dir: pathlib.P
   return cache_dir / f"{source.name}-{split}-{digest}.npz"
 
 
-def _read_cache(cache_file: pathlib.Path):
+def _read_cache(cache_file: pathlib.Path) -> Arrays | None:
   """The cached ``(images, labels, class_names)``, or None if absent or damaged (then warns)."""
   if not cache_file.exists():
     return None
@@ -76,14 +78,15 @@ def _read_cache(cache_file: pathlib.Path):
     consistent = (images.dtype == np.uint8 and images.ndim == 4 and labels.dtype == np.int32
                   and labels.shape == (len(images),) and len(class_names) > 0
                   and (not len(labels) or 0 <= labels.min() <= labels.max() < len(class_names)))
-    problem = None if consistent else "arrays of the wrong type or shape"
   except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
     problem = describe(error)
-  if problem is not None:
-    warnings.warn(f"{cache_file}: damaged cache entry ({problem}); decoding its source again.",
-                  stacklevel=3)
-    return None
-  return images, labels, class_names
+  else:
+    if consistent:
+      return images, labels, class_names
+    problem = "arrays of the wrong type or shape"
+  warnings.warn(f"{cache_file}: damaged cache entry ({problem}); decoding its source again.",
+                stacklevel=3)
+  return None
 
 
 def _write_cache(cache_file: pathlib.Path, images, labels, class_names) -> None:
@@ -116,6 +119,14 @@ def _split_and_class(path: str) -> tuple[str, str] | None:
   return None
 
 
+def _class_of(path: str) -> str:
+  """The class folder of an image that ``_split_and_class`` recognises."""
+  found = _split_and_class(path)
+  if found is None:
+    raise ValueError(f"{path}: not an image at .../<split>/<class>/<name>.")
+  return found[1]
+
+
 def _check_same_classes(source: pathlib.Path, paths) -> None:
   """Raises if the source has both splits and their class folders differ."""
   classes = {"train": set(), "test": set()}
@@ -133,7 +144,7 @@ def _check_same_classes(source: pathlib.Path, paths) -> None:
 
 
 def read_image_folder(source: pathlib.Path, split: str, cache_dir: pathlib.Path | None = None,
-                      check: Check | None = None):
+                      check: Check | None = None) -> Arrays:
   """``(images, labels, class_names)`` of ``split`` from a folder tree or a tar archive of one.
 
   Images are the files ``.../<split>/<class>/<name>.{png,jpg,jpeg}``; classes are the folder
@@ -177,11 +188,11 @@ def read_image_folder(source: pathlib.Path, split: str, cache_dir: pathlib.Path 
   shapes = {image.shape for image in images}
   if len(shapes) != 1:
     raise ValueError(f"{source}: images of split {split!r} differ in shape: {sorted(shapes)}.")
-  class_of = [_split_and_class(path)[1] for path in paths]
+  class_of = [_class_of(path) for path in paths]
   class_names = tuple(sorted(set(class_of)))
   if len(class_names) < 2:
     raise ValueError(f"{source}: the {split!r} split has images of one class only "
-                     f"({class_names[0]!r}); a classification dataset needs at least two class "
+                     f"({class_of[0]!r}); a classification dataset needs at least two class "
                      f"folders under '{split}/' (a class folder may be a symbolic link).")
   index = {name: i for i, name in enumerate(class_names)}
   stacked = np.stack(images).astype(np.uint8)

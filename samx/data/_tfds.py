@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -41,14 +43,22 @@ def load_tfds(
         manual_dir=None if manual_dir is None else os.fspath(manual_dir))
     builder.download_and_prepare(download_config=config)
   features = builder.info.features
-  if "image" not in features or "label" not in features:
-    raise ValueError(f"tfds:{name} has features {list(features)}; samx needs 'image' and "
-                     "'label'.")
-  source = tfds.data_source(name, split=split, data_dir=os.fspath(prepared_dir))
+  # A dataset of (image, label) examples has a dict of features; anything else has neither.
+  is_dict = isinstance(features, tfds.features.FeaturesDict)
+  found = list(features) if is_dict else []
+  if not is_dict or "image" not in found or "label" not in found:
+    raise ValueError(f"tfds:{name} has features {found}; samx needs 'image' and 'label'.")
+  label = features["label"]
+  if not isinstance(label, tfds.features.ClassLabel):
+    raise ValueError(f"tfds:{name}'s 'label' is a {type(label).__name__}; samx needs a "
+                     "ClassLabel (integer labels with class names).")
+  # One split (a str) gives one source, a sequence of example dicts (the stubs say any tree).
+  source = cast(Sequence[Mapping[str, Any]],
+                tfds.data_source(name, split=split, data_dir=os.fspath(prepared_dir)))
   records = [source[i] for i in range(len(source))]
   images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
   if images.ndim == 3:
     images = images[..., None]
   labels = np.array([int(r["label"]) for r in records], np.int32)
-  return Dataset(images, labels, tuple(features["label"].names), f"{name} (TFDS)", split,
+  return Dataset(images, labels, tuple(label.names), f"{name} (TFDS)", split,
                  {"source": f"tfds:{name}", "prepared_dir": str(prepared_dir)})

@@ -34,7 +34,7 @@ def _as_rgb_32(images: np.ndarray) -> np.ndarray:
 
 def _is_seed(value: object) -> bool:
   """Whether ``value`` is a non-negative int (``np.random.default_rng`` takes it)."""
-  return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0
+  return isinstance(value, int | np.integer) and not isinstance(value, bool) and bool(value >= 0)
 
 
 def _class_ids(name: str, classes: Sequence[int]) -> tuple[int, ...]:
@@ -154,13 +154,13 @@ def dominoes(
   label; a correlation of ``1 / k`` (0.5 for two classes) makes its part uninformative.
 
   Args:
-    kind: ``"cifar_mnist"`` or ``"fmnist_mnist"`` (see :data:`KINDS`).
+    kind: ``"cifar_mnist"`` or ``"fmnist_mnist"`` (see ``KINDS``).
     split: ``"train"``, ``"validation"`` or ``"test"``.
     seed: the draws of labels, shown classes and images.
     easy_correlation, hard_correlation: in ``[0, 1]``, as above.
     easy_classes, hard_classes: the source classes of labels ``0..k-1`` (equal lengths).
     validation_fraction: in ``[0, 1)``. Above 0, the train split of each source is partitioned
-      (:func:`holdout`): this fraction of each chosen class's images is held out for
+      (``holdout``): this fraction of each chosen class's images is held out for
       ``split="validation"`` and ``split="train"`` uses only the rest (one example per hard
       image of its part). ``split="test"`` ignores it.
     validation_seed: the partition's only seed, so that every ``seed`` and correlation holds

@@ -127,8 +127,9 @@ class TwoFeatureData(NamedTuple):
   Attributes:
     inputs: float32 ``(n, easy_dim + hard_dim)``.
     labels: int32 ``(n,)`` in {0, 1}; ``signs`` is the same as -1/+1.
-    easy_labels, hard_labels: the class each block shows (equal to ``labels`` where that
-      block's correlation is 1).
+    easy_labels: the class the easy block shows (equal to ``labels`` where its correlation
+      is 1).
+    hard_labels: the class the hard block shows, likewise.
     easy_dim: the number of leading columns that hold the easy block.
   """
 

@@ -5,7 +5,7 @@ BatchNorm, a Vision Transformer (``ViT``), and the seeds' small networks (``MLP`
 ``TwoLayerReLUCNN``, ``TwoLayerLinear``); ``normalization_mask`` and ``weight_mask`` are the
 masks of SAM-ON and of the ASAM authors' convention, and ``batch_statistics`` with
 ``normalizing_with`` hold BatchNorm's statistics fixed for m-sharpness
-(:mod:`samx.models.statistics`).
+(``samx.models.statistics``).
 
 Mixed precision. Every model and block takes ``dtype``, the *compute* dtype, ``jnp.float32`` (the
 default) or ``jnp.bfloat16``:

@@ -49,7 +49,14 @@ from samx.train.errors import (
 from samx.train.host_devices import virtual_cpu_devices_flags
 from samx.train.in_flight import InFlight
 from samx.train.loop import RunResult, run
-from samx.train.methods import METHODS, GSAMConfig, Method, SANERConfig
+from samx.train.methods import (
+    METHODS,
+    AESAMConfig,
+    GSAMConfig,
+    LookSAMConfig,
+    Method,
+    SANERConfig,
+)
 from samx.train.presets import PRESETS, preset
 from samx.train.run_dir import RunStatus, inspect_run, load_run_config, read_history
 from samx.train.step import TrainState
@@ -59,11 +66,13 @@ from samx.train.training_data import TrainingData, load_data
 __all__ = [
     "METHODS",
     "PRESETS",
+    "AESAMConfig",
     "Config",
     "ConfigError",
     "DataConfig",
     "GSAMConfig",
     "InFlight",
+    "LookSAMConfig",
     "Method",
     "ModelConfig",
     "NoiseConfig",

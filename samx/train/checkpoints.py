@@ -16,10 +16,10 @@ boundary.
 On restore (:meth:`Checkpoints.restore_latest`) the newest checkpoint whose files match their
 checksums is used; a damaged one (a flipped bit, a truncated file, a missing file) is moved to
 ``RUN_DIR/damaged-checkpoints/`` with a message, and the next older one is tried. If none is
-intact, :class:`RunFileError` says so and nothing is moved. A step directory without orbax's
+intact, ``RunFileError`` says so and nothing is moved. A step directory without orbax's
 metadata (an empty directory left by hand or by a crashed tool) is not a checkpoint and is set
 aside the same way. With several processes, process 0 chooses and every process restores the
-same checkpoint (:mod:`samx.train.agreement`).
+same checkpoint (``samx.train.agreement``).
 
 When to save, besides the end of every ``checkpoint_every``-th epoch:
 :class:`CheckpointSchedule` (every ``checkpoint_every_steps`` steps, every
@@ -188,7 +188,7 @@ def tidy(run_dir: str | pathlib.Path) -> list[str]:
 
 class _ReportedBySamx(logging.Filter):
   """Drops orbax's log records of a background save that failed with an error samx reports
-  itself (a :class:`RunFileError` naming the file), so the user reads one message, not three
+  itself (a ``RunFileError`` naming the file), so the user reads one message, not three
   tracebacks."""
 
   def filter(self, record: logging.LogRecord) -> bool:
@@ -260,14 +260,14 @@ class Checkpoints:
                         filename=str(self.directory), reason=cause)
 
   def wait(self) -> None:
-    """Waits for the save in progress; raises :class:`RunFileError` if it failed."""
+    """Waits for the save in progress; raises ``RunFileError`` if it failed."""
     try:
       self._manager.wait_until_finished()
     except Exception as error:  # orbax re-raises what its background thread met
       raise self._failed_save(error) from error
 
   def check(self) -> None:
-    """Raises :class:`RunFileError` if a save has failed (without waiting for one in
+    """Raises ``RunFileError`` if a save has failed (without waiting for one in
     progress)."""
     if not self._manager.is_saving_in_progress():
       self.wait()
@@ -308,7 +308,7 @@ class Checkpoints:
   def restore_latest(self, like: Any, say: Callable[[str], None]
                      ) -> tuple[int, Any, dict[str, Any] | None]:
     """The newest intact checkpoint: ``(step, state, progress)``. Damaged newer ones are set
-    aside, each with a message through ``say``; if none is intact, :class:`RunFileError`.
+    aside, each with a message through ``say``; if none is intact, ``RunFileError``.
     Process 0 chooses, and every process restores the same one."""
     problems: list[tuple[int, str]] = []
     tried: set[int] = set()
@@ -349,7 +349,7 @@ class Checkpoints:
 
   def close(self) -> int | None:
     """Waits for the saves, closes the manager, and returns the latest saved step; raises
-    :class:`RunFileError` if the last save failed."""
+    ``RunFileError`` if the last save failed."""
     if not self._closed:
       try:
         self.wait()

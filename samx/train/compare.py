@@ -143,7 +143,7 @@ def plot_comparison(histories: dict[str, list[dict[str, Any]]], path: str | path
 
 def _plan(configs: dict[str, Config], out_dir: pathlib.Path, overwrite: bool,
           retry_diverged: bool) -> dict[str, str]:
-  """What to do with each entry's run directory (:func:`samx.train.run_dir.decide`, the rule
+  """What to do with each entry's run directory (``samx.train.run_dir.decide``, the rule
   of ``samx train --resume-if-exists``). Raises :class:`RunDirectoryError`, before anything
   trains, naming every directory that holds a run with another configuration."""
   plan, conflicts = {}, []
@@ -197,7 +197,7 @@ def compare(
   """Runs ``config`` once per entry of ``optimizers`` and writes the table and the plot.
 
   Each entry is an optimizer name (``sgd``, ``sam``, ``saner``, ``jsam``, ...) optionally
-  followed by ``+key=value`` settings (see :func:`parse_optimizer_spec`; ``sam+group_size=1``
+  followed by ``+key=value`` settings (see ``parse_optimizer_spec``; ``sam+group_size=1``
   is 1-SAM). Every run uses the same data, noise, initialisation and batch order. ``out_dir``
   (if given) receives one run directory per entry, ``compare.md``/``compare.json`` (the
   table) and ``compare.png`` (the plot).
@@ -252,14 +252,14 @@ def _compare(config: Config, configs: dict[str, Config], out_dir: pathlib.Path |
     run_dir = None if out_dir is None else out_dir / run_dir_name(label)
     action = plan[label]
     say(f"\n== {label} =={'' if action == 'train' else ' (' + action + ')'}")
-    if action == "reuse":
+    if action in ("reuse", "diverged"):
+      if run_dir is None:  # only _plan, which needs out_dir, decides these
+        raise ValueError(f"{label}: action {action!r} needs a run directory (out_dir).")
       results[label] = finished_run(run_dir)
-      continue
-    if action == "diverged":
-      results[label] = finished_run(run_dir)
-      diverged[label] = results[label].summary.get("diverged_at_step")
-      say(f"{run_dir} diverged at step {diverged[label]} before; not trained again "
-          f"(--retry-diverged does)")
+      if action == "diverged":
+        diverged[label] = results[label].summary.get("diverged_at_step")
+        say(f"{run_dir} diverged at step {diverged[label]} before; not trained again "
+            f"(--retry-diverged does)")
       continue
     try:
       results[label] = run(run_config, run_dir, resume=action == "resume",

@@ -69,7 +69,7 @@ class DataConfig:
     prefetch: how many training batches are gathered and put on the devices ahead of the step
       that uses them (0: none), so host work and transfers overlap the compute.
     options: keyword arguments of the generator (``gaussian_mixture``: ``train_examples``...
-      see :func:`samx.train.training_data.load_data`) or of :func:`samx.data.dominoes`.
+      see :func:`samx.train.load_data`) or of :func:`samx.data.dominoes`.
   """
 
   name: str = "gaussian_mixture"
@@ -117,10 +117,13 @@ class ModelConfig:
     depth: ``wide_resnet``'s depth (``6k + 4``, e.g. 28 for WRN-28-10) or ``vit``'s number of
       encoder blocks.
     widen_factor: of ``wide_resnet``.
-    patch_size, heads, mlp_dim, pooling: of ``vit`` (:class:`samx.models.ViT`): the patch
-      side, the attention heads (dividing ``hidden[0]``), each block's MLP width, and
-      ``token`` (class token) or ``mean`` pooling.
-    filters_per_sign, power, init_std: of ``two_layer_relu_cnn`` (Chen et al.).
+    patch_size: ``vit``'s patch side (:class:`samx.models.ViT`).
+    heads: ``vit``'s attention heads (dividing ``hidden[0]``).
+    mlp_dim: the width of each ``vit`` block's MLP.
+    pooling: ``vit``'s ``token`` (class token) or ``mean`` pooling.
+    filters_per_sign: of ``two_layer_relu_cnn`` (Chen et al.).
+    power: of ``two_layer_relu_cnn``: the activation's power.
+    init_std: of ``two_layer_relu_cnn``: the initial weights' standard deviation.
   """
 
   name: str = "mlp"
@@ -168,7 +171,7 @@ class OptimizerConfig:
       as google-research/sam and the m-SAM authors' code), ``batch`` (the clean pass's batch
       statistics at ``w``, held fixed, so each example's loss depends on its own input
       alone), ``running`` (the running averages, as in evaluation) or ``auto`` (the default:
-      ``batch`` with ``group_size``, ``group`` without); see :mod:`samx.models.statistics`.
+      ``batch`` with ``group_size``, ``group`` without); see ``samx.models.statistics``.
       With fixed statistics (``batch``, ``running``) the update is the clean gradient plus
       what the perturbation changes in the fixed-statistics gradient
       (``samx.Objective.surrogate``; without ``group_size`` one more gradient evaluation).
@@ -181,8 +184,8 @@ class OptimizerConfig:
     skip_nonfinite: ``0`` (the default): a NaN or infinite loss or parameter stops the run with
       a message. ``N > 0``: a step whose final update is not finite is skipped (the parameters
       and optimizer state stay as they were), up to ``N`` in a row; the epoch's
-      ``skipped_step_fraction`` counts them (see :func:`samx.train.optimizer.
-      skip_nonfinite_updates`).
+      ``skipped_step_fraction`` counts them (see ``samx.train.optimizer.
+      skip_nonfinite_updates``).
   """
 
   name: str = "sgd"
@@ -241,7 +244,7 @@ class PenaltyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ShardingConfig:
-  """How the training state is laid out over the devices (:mod:`samx.train.sharding`); it
+  """How the training state is laid out over the devices (``samx.train.sharding``); it
   changes where arrays live, not what is computed (the metrics are the same to rounding), so a
   run may be resumed with other values.
 
@@ -305,7 +308,7 @@ class Config:
       never).
     checkpoint_every_minutes: also save one whenever this many minutes have passed since the
       last save, at the next step (0: never). Whatever these say, a run stopped by SIGTERM or
-      Ctrl-C saves the step it stopped at (see :mod:`samx.train.stopping`).
+      Ctrl-C saves the step it stopped at (see ``samx.train.stopping``).
     keep_checkpoints: how many checkpoints to keep (the latest ones).
   """
 
@@ -526,6 +529,12 @@ def _check(condition: bool, key: str, accepted: str, value: Any) -> None:
     raise ConfigError(f"{key} must be {accepted}; got {value!r}.")
 
 
+def _positive_sizes(sizes: tuple[int, ...]) -> bool:
+  """Whether ``sizes`` is non-empty and each size is at least 1 (a function: an inline length
+  test would narrow ``model.hidden`` to possibly empty for the rest of ``validate``)."""
+  return all(size >= 1 for size in sizes) and len(sizes) >= 1
+
+
 def _known_dataset(name: str) -> bool:
   fixed = [d for d in DATASETS if not d.endswith(("PATH", "NAME"))]
   return name in fixed or (name.startswith(("folder:", "tfds:")) and len(name.split(":", 1)[1]) > 0)
@@ -596,8 +605,8 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
       "bfloat16 has float32's range and needs none)" if m.dtype == "float16" else ""), m.dtype)
   _check(d.prefetch >= 0, "data.prefetch", ">= 0", d.prefetch)
   _check(m.width > 0, "model.width", "> 0", m.width)
-  _check(all(h >= 1 for h in m.hidden) and len(m.hidden) >= 1, "model.hidden",
-         "a non-empty list of positive sizes", m.hidden)
+  _check(_positive_sizes(m.hidden), "model.hidden", "a non-empty list of positive sizes",
+         m.hidden)
   _check(m.patch_size >= 1, "model.patch_size", ">= 1", m.patch_size)
   _check(m.mlp_dim >= 1, "model.mlp_dim", ">= 1", m.mlp_dim)
   _check(m.pooling in VIT_POOLINGS, "model.pooling", " or ".join(VIT_POOLINGS), m.pooling)

@@ -9,7 +9,7 @@ survives a power cut. A reader sees the old file or the new one, never a part of
 fsynced; a line cut short (a full disk, a kill between two blocks of a long line) has no
 newline at its end, and :func:`read_json_lines` drops it with a warning instead of trusting it.
 
-A write that fails (``ENOSPC``, a read-only directory) raises :class:`RunFileError`, which names
+A write that fails (``ENOSPC``, a read-only directory) raises ``RunFileError``, which names
 the file; a failed atomic write leaves the previous file as it was.
 
 Fault injection, for the tests: ``SAMX_FAULT_INJECTION=ACTION:FILE:POINT[:N]`` makes the ``N``-th
@@ -67,8 +67,8 @@ class RunFileError(OSError):
     super().__init__(error_number, message)
     self.filename, self.reason = filename, reason or message
 
-  def __str__(self) -> str:
-    return self.strerror
+  def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]"
+    return self.strerror if self.strerror is not None else super().__str__()
 
 
 def _fault(path: pathlib.Path, point: str) -> None:
@@ -105,12 +105,16 @@ def _fsync_directory(directory: pathlib.Path) -> None:
     os.close(descriptor)
 
 
+# What to do about an error, by its errno, added to the message of a failed read or write.
+_ADVICE = {errno.ENOSPC: "; free some space and run the same command again (what was written "
+                         "before is intact)",
+           errno.EACCES: "; make it writable or choose another directory",
+           errno.EROFS: "; choose a directory on a writable file system"}
+
+
 def _failed(path: pathlib.Path, error: OSError, action: str = "write") -> RunFileError:
   reason = error.strerror or str(error)
-  advice = {errno.ENOSPC: "; free some space and run the same command again (what was written "
-                          "before is intact)",
-            errno.EACCES: "; make it writable or choose another directory",
-            errno.EROFS: "; choose a directory on a writable file system"}.get(error.errno, "")
+  advice = "" if error.errno is None else _ADVICE.get(error.errno, "")
   return RunFileError(error.errno or errno.EIO, f"could not {action} {path}: {reason}{advice}.",
                       filename=str(path), reason=reason)
 
@@ -131,7 +135,7 @@ def write_atomic(path: str | pathlib.Path, text: str | bytes) -> None:
   """Replaces ``path`` by a file holding ``text`` (or bytes), all at once (see the module
   docstring).
 
-  Raises :class:`RunFileError` naming ``path`` if it cannot be written; ``path`` is then left
+  Raises ``RunFileError`` naming ``path`` if it cannot be written; ``path`` is then left
   as it was.
   """
   path = pathlib.Path(path)
@@ -157,7 +161,7 @@ def write_atomic(path: str | pathlib.Path, text: str | bytes) -> None:
 def append_line(path: str | pathlib.Path, line: str) -> None:
   """Appends ``line`` and a newline to ``path`` in one write, flushed and fsynced.
 
-  Raises :class:`RunFileError` naming ``path`` if it cannot be written.
+  Raises ``RunFileError`` naming ``path`` if it cannot be written.
   """
   path = pathlib.Path(path)
   if "\n" in line:
@@ -189,7 +193,7 @@ def read_json(path: str | pathlib.Path, *, what: str, advice: str,
   """The JSON value in ``path``, which must be a ``kind``.
 
   A file that cannot be read, is empty, is not JSON or holds another kind of value raises
-  :class:`RunFileError` naming it, saying ``what`` it should hold and ``advice`` (what to do).
+  ``RunFileError`` naming it, saying ``what`` it should hold and ``advice`` (what to do).
   """
   path = pathlib.Path(path)
   try:
@@ -221,7 +225,7 @@ def read_json_lines(path: str | pathlib.Path, *,
 
   A last line without its newline (a write cut short) is dropped, with a warning through
   ``warn`` (default :func:`warnings.warn`); any other line that is not a JSON object raises
-  :class:`RunFileError` naming the file and the line.
+  ``RunFileError`` naming the file and the line.
   """
   path = pathlib.Path(path)
   if not path.exists():

@@ -13,7 +13,7 @@ then wait in the all-reduce for a device whose computation can never get a threa
 :class:`InFlight` keeps the host at most a few computations ahead.
 
 And no more than about a second ahead: a stop request (SIGTERM, Ctrl-C; see
-:mod:`samx.train.stopping`) can only save the state after the computations already
+``samx.train.stopping``) can only save the state after the computations already
 dispatched, so with steps of several seconds (a large model on a CPU) four of them in flight
 would take much of a scheduler's 30-second grace period. :class:`InFlight` times the
 computations it waits for and keeps ``lead_seconds`` of them pending at most (one at least),
@@ -46,7 +46,7 @@ MAX_LEAD_SECONDS = 1.0
 
 
 class InFlight:
-  """A window of dispatched outputs: :meth:`add` waits for the oldest while more than
+  """A window of dispatched outputs: :meth:`InFlight.add` waits for the oldest while more than
   ``limit`` are pending, or more than one and more than ``lead_seconds`` of computation (the
   time between the completions it has waited for, averaged), so the host runs at most
   ``limit`` computations and about ``lead_seconds`` ahead of the devices."""
@@ -70,8 +70,9 @@ class InFlight:
 
   @property
   def allowed(self) -> int:
-    """How many computations may be pending now: one until two completions have been timed
-    (a computation may take minutes), then as many as take about ``lead_seconds``."""
+    """The number of computations that may be pending now (one until two completions have
+    been timed, as a computation may take minutes; then as many as take about
+    ``lead_seconds``)."""
     if self.seconds_each is None:
       return 1
     if self.seconds_each == 0:

@@ -40,6 +40,7 @@ from samx.train.run_dir import (
     read_summary,
     refuse_to_overwrite,
     remove_run,
+    stored_config,
     strict_json,
 )
 from samx.train.sharding import describe as describe_mesh
@@ -269,7 +270,7 @@ class _Training:
 
   def save(self, state: TrainState, steps: EpochSteps) -> None:
     """Saves a checkpoint of the step after ``steps`` (in the background)."""
-    if self.directory is None:
+    if self.directory is None or self.schedule is None:  # the schedule comes with a directory
       return
     if self.store is None:
       self.store = checkpoints.Checkpoints(self.directory.path,
@@ -331,8 +332,9 @@ class _Training:
       raise TrainingDivergedError(_divergence_message(config, divergence, epoch + 1),
                                   step=divergence.step, epoch=epoch + 1)
     steps = (epoch + 1) * self.steps_per_epoch
+    learning_rate = np.asarray(self.trainer.learning_rate(steps - 1))  # a number or a 0-d array
     record: dict[str, Any] = {"epoch": epoch + 1, "step": steps,
-                              "learning_rate": float(self.trainer.learning_rate(steps - 1)),
+                              "learning_rate": float(learning_rate),
                               **_epoch_means(done.metrics)}
     if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
       try:
@@ -398,7 +400,7 @@ def run(
     continue from is started again only with ``overwrite=True``.
   - ``resume="auto"``: one call for the first start and every restart, as a scheduler re-runs
     a job after a preemption (``samx train --resume-if-exists``), by the rule of ``samx
-    compare`` (:func:`samx.train.run_dir.decide`): a new directory is started, an unfinished
+    compare`` (``samx.train.run_dir.decide``): a new directory is started, an unfinished
     run with the same configuration is continued (or started again if it has no checkpoint), a
     finished one is returned as it is, a diverged one is reported
     (:class:`TrainingDivergedError`), and one with another configuration is refused naming the
@@ -409,25 +411,25 @@ def run(
   the configuration checked, the data loaded and the step compiled. Nothing is written before
   that point, so a bad value, a missing data file or a stop during start-up leaves the
   directory as it was. With several processes, process 0 decides and every process follows
-  (:mod:`samx.train.agreement`).
+  (``samx.train.agreement``).
 
   **Stopping.** SIGTERM (a preemption, a scheduler) and Ctrl-C (SIGINT) stop the run at the
   next step boundary, or between two evaluation batches: it saves a checkpoint of that step
   (with the epoch's step metrics so far), waits for it to be written, and raises
   :class:`TrainingPreempted` (SIGTERM; ``samx`` exits with status 75) or
   :class:`TrainingInterrupted` (Ctrl-C; 130), saying where it stopped and how to continue. A
-  second signal stops at once. See :mod:`samx.train.stopping` (several processes stop at the
+  second signal stops at once. See ``samx.train.stopping`` (several processes stop at the
   same step through JAX's preemption service). Checkpoints are also saved every
   ``checkpoint_every`` epochs, ``checkpoint_every_steps`` steps or ``checkpoint_every_minutes``
   minutes, as configured.
 
-  The process that writes ``run_dir`` holds its lock (:mod:`samx.train.run_lock`) from start
+  The process that writes ``run_dir`` holds its lock (``samx.train.run_lock``) from start
   to end; a second writer is refused at once. Every file is written atomically
-  (:mod:`samx.train.files`), so a kill at any moment loses at most the steps since the last
+  (``samx.train.files``), so a kill at any moment loses at most the steps since the last
   checkpoint.
 
   Raises :class:`samx.train.errors.RunDirectoryError` for a directory it must not touch or
-  that another process writes, :class:`samx.train.files.RunFileError` (an ``OSError``) naming
+  that another process writes, ``samx.train.files.RunFileError`` (an ``OSError``) naming
   a file that cannot be written (a full disk) or read as samx wrote it,
   :class:`TrainingDivergedError` when the loss or the parameters stop being finite (the
   directory keeps the metrics and the checkpoints of the last good steps, and its
@@ -457,9 +459,9 @@ def run(
       if run_dir is None:
         if resume:
           raise ValueError("resume needs the run_dir of the run to continue.")
-        return _run(config, None, "train", stops, progress, say, data, epoch_metrics)
+        return _run(_given(config), None, "train", stops, progress, say, data, epoch_metrics)
       if resume is not True:
-        validate(config)  # a bad value is refused before the directory is touched
+        validate(_given(config))  # a bad value is refused before the directory is touched
       directory = RunDirectory(run_dir, tensorboard=tensorboard)
       if resume is True and not directory.path.is_dir():
         load_run_config(directory.path)  # raises: not a run directory (or a file)
@@ -474,19 +476,28 @@ def run(
         if decision.action == "diverged":
           raise TrainingDivergedError(diverged_message(directory.path))
         if resume is True:
-          config = status.config
-        return _run(config, directory, decision.action, stops, progress, say, data,
+          config = stored_config(directory.path, status)
+        return _run(_given(config), directory, decision.action, stops, progress, say, data,
                     epoch_metrics)
     except stopping.Signalled as signalled:  # before the run could be stopped cleanly
       raise _stopped_error(signalled.signal_number,
                            "stopped while starting; nothing was written.") from None
 
 
+def _given(config: Config | None) -> Config:
+  """``config``, which only ``resume=True`` (the configuration stored in the run directory)
+  leaves out."""
+  if config is None:
+    raise ValueError("config is None: only resume=True, which continues with the "
+                     "configuration stored in run_dir, goes without one.")
+  return config
+
+
 def _plan(run_dir: pathlib.Path, config: Config | None, resume: bool | str,
           overwrite: bool) -> Decision:
   """What to do with ``run_dir`` (see :func:`run`); raises the refusals."""
   if resume == "auto":
-    decision = decide(run_dir, config, overwrite=overwrite)
+    decision = decide(run_dir, _given(config), overwrite=overwrite)
     if decision.action == "refuse":
       raise RunDirectoryError(
           f"{describe_differences(run_dir, decision.differences)}: the run there has another "
@@ -503,8 +514,8 @@ def _plan(run_dir: pathlib.Path, config: Config | None, resume: bool | str,
   if status.kind == "unfinished" and not overwrite:
     raise RunDirectoryError(
         f"{run_dir} holds an unfinished run with no checkpoint to continue from "
-        f"(checkpoint_every={status.config.checkpoint_every}); start it again from the "
-        f"first epoch with --overwrite, or choose another run directory.")
+        f"(checkpoint_every={stored_config(run_dir, status).checkpoint_every}); start it "
+        f"again from the first epoch with --overwrite, or choose another run directory.")
   return Decision({"finished": "reuse", "diverged": "diverged", "resumable": "resume",
                    "unfinished": "retrain"}[status.kind], status, [])
 
@@ -521,7 +532,7 @@ def _agreed(run_dir: pathlib.Path, config: Config | None, resume: bool | str,
   if agreed < 0:
     raise failure or RunDirectoryError(f"process 0 refused to train into {run_dir}; its "
                                        f"output says why.")
-  if agreed != code:  # this process saw the directory otherwise: process 0 decides
+  if decision is None or agreed != code:  # this process saw it otherwise: process 0 decides
     decision = Decision(ACTIONS[agreed], inspect_run(run_dir), [])
   return decision
 

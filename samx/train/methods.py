@@ -180,6 +180,9 @@ def _saner_group_fractions(opt_state: optax.OptState) -> dict[str, jax.Array]:
           "saner_group_c": fractions.c}
 
 
+#: The optimizer names the engine knows (``optimizer.name``), each with how it builds its samx
+#: transform, its own config section and what it needs from the step; ``samx methods`` lists
+#: them.
 METHODS: dict[str, Method] = {
     "sgd": Method(lambda shared, section, steps: None,
                   "plain gradients (no samx transform)"),

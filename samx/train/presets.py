@@ -157,6 +157,8 @@ def vit_cifar10_cpu() -> Config:
       epochs=15, train_eval_examples=None, checkpoint_every=1)
 
 
+#: The named configurations (``--preset NAME``, :func:`samx.train.preset`): each a function
+#: returning a fresh :class:`samx.train.Config`; ``samx presets`` lists them.
 PRESETS: dict[str, Callable[[], Config]] = {
     "quickstart": quickstart,
     "mnist-cpu": mnist_cpu,

@@ -72,7 +72,7 @@ class RunStatus(NamedTuple):
       checkpoint) or ``unfinished`` (no checkpoint to continue from).
     config: the stored configuration (``None`` for ``new``).
     latest_checkpoint: the step of the latest checkpoint, if any (the epoch, for a checkpoint
-      of an earlier version; :func:`samx.train.checkpoints.describe` says which).
+      of an earlier version; ``samx.train.checkpoints.describe`` says which).
   """
 
   kind: str
@@ -88,7 +88,7 @@ def _check_is_directory(path: pathlib.Path) -> None:
 def inspect_run(run_dir: str | pathlib.Path) -> RunStatus:
   """Reads what ``run_dir`` holds, without changing it.
 
-  Raises :class:`RunDirectoryError` if ``run_dir`` is a file, and :class:`RunFileError` naming
+  Raises :class:`RunDirectoryError` if ``run_dir`` is a file, and ``RunFileError`` naming
   the file if ``config.json`` or ``summary.json`` cannot be read as samx wrote it.
   """
   path = pathlib.Path(run_dir)
@@ -104,15 +104,27 @@ def inspect_run(run_dir: str | pathlib.Path) -> RunStatus:
   return RunStatus("resumable" if latest else "unfinished", config, latest)
 
 
+def stored_config(run_dir: str | pathlib.Path, status: RunStatus) -> Config:
+  """The configuration of the run in ``run_dir`` that ``status`` (not ``new``) describes: the
+  one ``inspect_run`` read, else read again (which raises, naming the file, if there is
+  none)."""
+  return status.config if status.config is not None else load_run_config(run_dir)
+
+
+def _held(run_dir: pathlib.Path, status: RunStatus) -> str:
+  """What ``run_dir`` holds (not ``new``), in words, with the ways on for a resumable run."""
+  if status.kind == "resumable" and status.latest_checkpoint is not None:
+    return (f"an unfinished run (checkpoint of "
+            f"{checkpoints.describe(run_dir, status.latest_checkpoint)}; continue it with samx "
+            f"train --resume {run_dir}, or run this command again with --resume-if-exists)")
+  return {"finished": "a finished run",
+          "diverged": "a run that diverged",
+          "unfinished": "an unfinished run with no checkpoint to continue from"}[status.kind]
+
+
 def refuse_to_overwrite(run_dir: pathlib.Path, status: RunStatus) -> None:
   """Raises a :class:`RunDirectoryError` saying what ``run_dir`` holds and the ways on."""
-  held = {"finished": "a finished run",
-          "diverged": "a run that diverged",
-          "resumable": f"an unfinished run (checkpoint of "
-                       f"{checkpoints.describe(run_dir, status.latest_checkpoint)}; continue it "
-                       f"with samx train --resume {run_dir}, or run this command again with "
-                       f"--resume-if-exists)",
-          "unfinished": "an unfinished run with no checkpoint to continue from"}[status.kind]
+  held = _held(run_dir, status)
   raise RunDirectoryError(f"{run_dir} already holds {held}; choose another run directory, or "
                           f"replace it with --overwrite (overwrite=True).")
 
@@ -167,7 +179,7 @@ def decide(run_dir: str | pathlib.Path, config: Config, *, overwrite: bool = Fal
   status = inspect_run(run_dir)
   if status.kind == "new":
     return Decision("train", status, [])
-  differences = config_differences(status.config, config)
+  differences = config_differences(stored_config(run_dir, status), config)
   if differences:
     return Decision("overwrite" if overwrite else "refuse", status, differences)
   if status.kind == "diverged":
@@ -253,7 +265,7 @@ class TensorBoardWriter:
 class RunDirectory:
   """Where a run keeps its record: starts it, continues it, appends epochs, ends it.
 
-  Every write is atomic or a whole-line append (:mod:`samx.train.files`); only process 0
+  Every write is atomic or a whole-line append (``samx.train.files``); only process 0
   writes.
   """
 

@@ -2,7 +2,7 @@
 jit-compiled step, initialisation and evaluation functions.
 
 The global batch is split over every device of the mesh (axes ``data`` and ``fsdp``); the state
-is replicated, or with ``sharding.fsdp`` split over the ``fsdp`` axis (:mod:`samx.train.sharding`),
+is replicated, or with ``sharding.fsdp`` split over the ``fsdp`` axis (``samx.train.sharding``),
 so the same code runs on one CPU, several GPUs or a TPU pod slice (one process per host, after
 :func:`jax.distributed.initialize`); XLA inserts the collectives, and a SAM-family transform sees
 the gradient of the whole global batch.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,16 @@ BATCH_AXIS = BATCH_AXES  # the batch is split over every axis of the mesh
 MAX_STEPS = 2**31 - 1  # the step counters of the state and of optax are int32
 
 
+class TrainStep(Protocol):
+  """The jitted training step: ``(state, batch) -> (state, metrics)``, or lowered (and then
+  compiled) ahead of time."""
+
+  def __call__(self, state: TrainState, batch: Batch, /
+               ) -> tuple[TrainState, dict[str, jax.Array]]: ...
+
+  def lower(self, state: TrainState, batch: Batch, /) -> jax.stages.Lowered: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
   """The compiled pieces of a run, built by :func:`make_trainer`; :func:`samx.train.run`
@@ -49,7 +60,7 @@ class Trainer:
   steps_per_epoch: int
   learning_rate: optax.Schedule
   init: Callable[[], TrainState]
-  train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+  train_step: TrainStep
   eval_sums: EvalSums
   state_sharding: TrainState  # a NamedSharding per leaf (samx.train.sharding)
 

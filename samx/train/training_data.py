@@ -49,13 +49,14 @@ class TrainingData(NamedTuple):
   """The arrays of a run.
 
   Attributes:
-    train: the training split, as :func:`split_arrays` makes it: ``input``, ``label`` (the
+    train: the training split, as ``split_arrays`` makes it: ``input``, ``label`` (the
       given labels, after noise), ``clean_label`` and ``noisy`` (the corruption record).
     test: the test split in the same contract (clean: ``noisy`` is all False).
     num_classes: the number of classes.
     name: what the data is, as results should call it.
-    mean, std: per-channel statistics of the training images for uint8 inputs (``None`` for
-      float inputs, which the model sees as they are).
+    mean: the per-channel mean of the training images for uint8 inputs (``None`` for float
+      inputs, which the model sees as they are).
+    std: their per-channel standard deviation (``None`` likewise).
   """
 
   train: dict[str, np.ndarray]
@@ -124,12 +125,13 @@ def _generated_gaussian_mixture(config: Config):
 
 def _generated_patches(config: Config):
   o = _checked_options(config, PATCHES_DEFAULTS)
-  kwargs = {"signal_norm": float(o["signal_norm"]), "noise_std": float(o["noise_std"])}
+  signal_norm, noise_std = float(o["signal_norm"]), float(o["noise_std"])
   train = synthetic.signal_noise_patches(int(o["train_size"]), int(o["dim"]), seed=config.seed,
-                                         **kwargs)
+                                         signal_norm=signal_norm, noise_std=noise_std)
   test = synthetic.signal_noise_patches(int(o["test_size"]), int(o["dim"]), mu=train.mu,
-                                        seed=config.seed + 1_000_003, **kwargs)
-  name = f"signal/noise patches (d={o['dim']}, ||mu||={kwargs['signal_norm']})"
+                                        seed=config.seed + 1_000_003, signal_norm=signal_norm,
+                                        noise_std=noise_std)
+  name = f"signal/noise patches (d={o['dim']}, ||mu||={signal_norm})"
   return (train.inputs.astype(np.float32), train.labels, test.inputs.astype(np.float32),
           test.labels, 2, name)
 
@@ -179,6 +181,8 @@ def _noisy_labels(config: Config, labels: np.ndarray, inputs: np.ndarray, num_cl
       features = features / 255.0
     return noise_models.instance_dependent(labels, n.rate, num_classes, features=features,
                                            seed=seed)
+  if not n.file:  # validate() refuses noise.kind=file without one
+    raise ConfigError(f"noise.file must be a path when noise.kind=file; got {n.file!r}.")
   return noise_models.from_file(labels, n.file, num_classes)
 
 

@@ -114,9 +114,9 @@ def ae_sam(
       :math:`\lambda_2` and :math:`\lambda_1`).
     threshold: instead of those, any schedule of the step count giving :math:`c_t`.
     delta: the forgetting factor of the running mean and variance, in [0, 1).
-    adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
-      adaptive_mask: as in :func:`samx.sam`, for the SAM steps.
-      group_path: as in :func:`samx.sam`.
+    adaptive, eta, group_size, groups_in_parallel, groups_unroll, group_path: as in
+      :func:`samx.sam`, for the SAM steps.
+    axis_name, perturb_mask, adaptive_mask: as in :func:`samx.sam`.
     ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam`.
 
   Returns:

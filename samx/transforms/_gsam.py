@@ -67,9 +67,9 @@ def gsam(
     rho: the ascent radius, a number >= 0 or an optax schedule of the step count.
     alpha: the weight of the surrogate-gap descent, a number >= 0 or a schedule.
     combine_per_group: apply the rule to each group before averaging (needs ``group_size``).
-    adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
-      adaptive_mask: as in :func:`samx.sam`.
-      group_path: as in :func:`samx.sam`.
+    adaptive, eta, group_size, groups_in_parallel, groups_unroll, group_path: as in
+      :func:`samx.sam`.
+    axis_name, perturb_mask, adaptive_mask: as in :func:`samx.sam`.
     ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam`.
 
   Returns:

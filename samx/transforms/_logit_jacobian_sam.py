@@ -131,8 +131,10 @@ def jacobian_sam(
   Args:
     rho: the radius of the ascent step, a number >= 0 or an optax schedule of the transform's
       own step count.
-    adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
-      adaptive_mask, group_path, ascent_steps, ascent_optimizer: as in :func:`samx.logit_sam`.
+    adaptive, eta, group_size, groups_in_parallel, groups_unroll, group_path: as in
+      :func:`samx.logit_sam`.
+    axis_name, perturb_mask, adaptive_mask, ascent_steps, ascent_optimizer: as in
+      :func:`samx.logit_sam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,

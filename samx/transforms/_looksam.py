@@ -137,9 +137,9 @@ def looksam(
     k: the period: the perturbed gradient is evaluated every ``k`` steps (the paper: 5; ``k=1``
       is SAM).
     alpha: the weight of the reused direction, a number >= 0 or a schedule (the paper: 0.7).
-    adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
-      adaptive_mask: as in :func:`samx.sam`.
-      group_path: as in :func:`samx.sam`.
+    adaptive, eta, group_size, groups_in_parallel, groups_unroll, group_path: as in
+      :func:`samx.sam`.
+    axis_name, perturb_mask, adaptive_mask: as in :func:`samx.sam`.
     ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam`.
 
   Returns:

@@ -182,9 +182,9 @@ def saner(
       ``g`` and ``g_v``, which shows on small, memory-bound models; ``False`` skips it.
     combine_per_group: take the groups A, B, C in each group of ``group_size`` examples before
       averaging (needs ``group_size``).
-    adaptive, eta, group_size, groups_in_parallel, groups_unroll, axis_name, perturb_mask,
-      adaptive_mask: as in :func:`samx.sam`.
-      group_path: as in :func:`samx.sam`.
+    adaptive, eta, group_size, groups_in_parallel, groups_unroll, group_path: as in
+      :func:`samx.sam`.
+    axis_name, perturb_mask, adaptive_mask: as in :func:`samx.sam`.
     ascent_steps, ascent_optimizer: the ascent, as in :func:`samx.sam`.
 
   Returns:
