@@ -41,7 +41,7 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
     if name == "wide_resnet":
       return models.wide_resnet(config.depth, config.widen_factor, num_classes,
                                 width=config.width, in_channels=channels, dtype=dtype, rngs=rngs)
-    return models.SmallCNN(tuple(input_shape), num_classes, width=config.width, dtype=dtype,
+    return models.SmallCNN(input_shape, num_classes, width=config.width, dtype=dtype,
                            rngs=rngs)
   if name == "vit":
     if len(input_shape) != 3:

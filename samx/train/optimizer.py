@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +80,9 @@ def skip_nonfinite_updates(inner: optax.GradientTransformation, max_consecutive:
         total_notfinite=state.total_notfinite + (~finite).astype(jnp.int32),
         inner_state=inner_state)
 
-  return optax.GradientTransformationExtraArgs(init, update)
+  # optax types the state as any OptState; this update takes (and makes) only its own.
+  return optax.GradientTransformationExtraArgs(
+      init, cast(optax.TransformUpdateExtraArgsFn, update))
 
 
 def build_optimizer(config: Config, learning_rate: optax.Schedule, steps_per_epoch: int, *,
@@ -95,7 +97,7 @@ def build_optimizer(config: Config, learning_rate: optax.Schedule, steps_per_epo
   shared = {**o.shared_options(), **mask_options(o.name, o.perturb, o.adaptive_mask, model)}
   steps = Steps(per_epoch=steps_per_epoch, total=steps_per_epoch * config.epochs)
   head = build_transform(o.name, shared, method_section(config), steps)
-  parts = [] if head is None else [head]
+  parts: list[optax.GradientTransformation] = [] if head is None else [head]
   if o.weight_decay and o.base != "adamw":
     parts.append(optax.add_decayed_weights(o.weight_decay))
   if o.base == "sgd":

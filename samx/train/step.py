@@ -11,7 +11,7 @@ batch statistics, with the clean pass's (held fixed) or with the running average
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, cast
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +76,28 @@ def logits_of(outputs: PyTree) -> jax.Array:
   return outputs["logits"] if isinstance(outputs, dict) else outputs
 
 
-def training_outputs(model: nnx.Module, inputs: jax.Array, penalty: PenaltyConfig) -> PyTree:
+class Head(Protocol):
+  """A model's last layer: a linear map of the features to the logits (``nnx.Linear``, or
+  ``samx.models.small.FixedHead`` when it is not trained)."""
+
+  @property
+  def kernel(self) -> nnx.Variable: ...
+
+  def __call__(self, features: jax.Array, /) -> jax.Array: ...
+
+
+class FeaturesAndHead(Protocol):
+  """A model as the step uses it (every ``samx.models`` model): ``features(x)``, the
+  penultimate features, and ``head``, the last layer, with ``model(x) == head(features(x))``."""
+
+  def features(self, x: jax.Array, /) -> jax.Array: ...
+
+  @property
+  def head(self) -> Head: ...
+
+
+def training_outputs(model: FeaturesAndHead, inputs: jax.Array, penalty: PenaltyConfig
+                     ) -> PyTree:
   """What the loss needs from the model: the logits (float32 whatever the compute dtype), and
   with the penalty on, also the penultimate features (in float32) and the last layer's squared
   norm (repeated per example, so that every
@@ -137,8 +158,13 @@ def make_train_step(
   if statistics not in PERTURBED_STATISTICS:
     raise ValueError(f"statistics must be one of {', '.join(PERTURBED_STATISTICS)}; got "
                      f"{statistics!r}.")
-  if statistics != "group" and fixed_graphdef is None:
+  # The model of the transform's passes: in training mode, or normalising with fixed statistics.
+  if statistics == "group":
+    passes_graphdef = graphdef
+  elif fixed_graphdef is None:
     raise ValueError(f"statistics={statistics!r} needs fixed_graphdef.")
+  else:
+    passes_graphdef = fixed_graphdef
   base_key = jax.random.key(seed)
   loss_fn = per_example_loss_fn(penalty)
 
@@ -164,10 +190,9 @@ def make_train_step(
       batch_stats = jax.lax.stop_gradient(batch_stats)
 
     def apply_fn(params, x):  # the transform's passes: no writes
-      if statistics == "group":  # training mode: the statistics of the examples passed
-        return training_outputs(nnx.merge(graphdef, params, frozen, copy=True), x, penalty)
-      model = nnx.merge(fixed_graphdef, params, frozen, copy=True)
-      if batch_stats is not None:
+      # group: training mode, the statistics of the examples passed; else fixed statistics
+      model = nnx.merge(passes_graphdef, params, frozen, copy=True)
+      if batch_stats is not None:  # statistics == "batch": the clean pass's
         nnx.update(model, batch_stats)
       return training_outputs(model, x, penalty)
 
@@ -175,7 +200,8 @@ def make_train_step(
                                outputs=outputs if method.needs_clean_outputs else None,
                                surrogate=statistics != "group")
     updates, opt_state = tx.update(grads, state.opt_state, state.params, objective=objective)
-    params = optax.apply_updates(state.params, updates)
+    # The same tree as state.params (optax types it as any tree of arrays).
+    params = cast(nnx.State, optax.apply_updates(state.params, updates))
     logits = logits_of(outputs)
     metrics = {"loss": loss,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32)}
