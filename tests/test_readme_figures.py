@@ -104,6 +104,12 @@ def run(*args, timeout=600):
   return result
 
 
+def test_the_getting_started_page_shows_the_readme_table():
+  page = (ROOT / "docs" / "quickstart.md").read_text()
+  shown = page.split("| optimizer | best test acc |", 1)[1].split("\n\n", 1)[0]
+  assert shown == README.split("| optimizer | best test acc |", 1)[1].split("\n\n", 1)[0]
+
+
 def test_the_constraints_pin_the_packages_samx_computes_with():
   assert {"jax", "jaxlib", "flax", "optax", "numpy"} <= set(pinned_versions())
   assert "pip install -e . -c constraints.txt" in README
