@@ -29,6 +29,8 @@ SPREAD = 0.06
 def pinned_versions() -> dict[str, str]:
   pins = {}
   for line in (ROOT / "constraints.txt").read_text().splitlines():
+    if line.startswith("# Tools"):  # what follows pins the documentation and type tools
+      break
     line = line.split("#")[0].strip()
     if line:
       name, _, version = line.partition("==")
