@@ -5,8 +5,8 @@
                                            # storing the outputs, as committed
 
 The notebooks are code: each is a list of markdown and code cells here, so a change is a
-reviewable diff and every notebook shares the same first cells (the "Open in Colab" link, the
-install cell, the CPU/accelerator switch). What a notebook needs that is reusable lives in samx.
+reviewable diff and every notebook shares the same first cells (the install cell, the
+CPU/accelerator switch). What a notebook needs that is reusable lives in samx.
 """
 
 from __future__ import annotations
@@ -17,21 +17,22 @@ import pathlib
 import nbformat
 
 HERE = pathlib.Path(__file__).resolve().parent
-REPOSITORY = "samx-dev/samx"  # where the "Open in Colab" links and the install cell point
 
 
-def header(file_name: str, title: str, summary: str) -> list[tuple[str, str]]:
-  badge = (f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-           f"(https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/"
-           f"{file_name})")
-  return [
-      ("markdown", f"# {title}\n\n{badge}\n\n{summary}"),
-      ("code", f"""# Installs samx where it is missing (Colab); in a checkout: pip install -e .
+INSTALL = """# Installs samx where it is missing (Colab): the released package, by name.
+# Until it is on the package index: from a clone, pip install -e /path/to/samx; or upload a
+# wheel built there with `python -m build` and run %pip install samx-*.whl instead.
 try:
   import samx
 except ImportError:
-  %pip install -q "samx @ git+https://github.com/{REPOSITORY}"
-  import samx"""),
+  %pip install -q samx
+  import samx"""
+
+
+def header(title: str, summary: str) -> list[tuple[str, str]]:
+  return [
+      ("markdown", f"# {title}\n\n{summary}"),
+      ("code", INSTALL),
       ("code", """# "cpu": from 15 s to 6 minutes on a 2-core CPU (what CI runs).
 # "accelerator": the papers' scale, for a GPU or TPU runtime.
 SCALE = "cpu\""""),
@@ -419,7 +420,7 @@ NOTEBOOKS = {
 
 def build(name: str) -> nbformat.NotebookNode:
   title, summary, cells = NOTEBOOKS[name]
-  all_cells = [*header(name, title, summary), *cells]
+  all_cells = [*header(title, summary), *cells]
   notebook = nbformat.v4.new_notebook()
   notebook.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                       "language": "python"},
