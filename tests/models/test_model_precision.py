@@ -62,9 +62,11 @@ def variables(model, kind):
   return [v for _, v in nnx.to_flat_state(nnx.state(model, kind))]
 
 
-# ResNet-18 is ResNet-34's blocks, fewer of them: checked in the slow suite only.
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow)
-                                  if name in ("resnet18", "resnet34") else name for name in MODELS])
+# ResNet-18 is ResNet-34's blocks, fewer of them, and PreAct ResNet-18 is the Wide ResNet's
+# blocks: checked in the slow suite only.
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow)
+    if name in ("resnet18", "resnet34", "preact_resnet18") else name for name in MODELS])
 def test_bfloat16_model_keeps_float32_parameters_statistics_and_logits(name):
   build, shape = MODELS[name]
   model = build(jnp.bfloat16)

@@ -1,5 +1,6 @@
 """samx.saner against SANER's rule written out with numpy division, and its beta schedule."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -156,6 +157,10 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, match):
     samx.saner(**kwargs)
 
 
+# One compilation per list length instead of one per operation and length (eager dispatch).
+JITTED_REWEIGHTING = jax.jit(saner_reweighting)
+
+
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     pairs=st.lists(
@@ -169,8 +174,8 @@ def test_reweighting_rule_matches_the_ratio_definition(pairs, beta):
   g = np.array([p[0] for p in pairs], np.float32)
   v = np.array([p[1] for p in pairs], np.float32)
   expected, fractions = saner_reference(g.astype(np.float64), v.astype(np.float64), beta)
-  updates, got = saner_reweighting({"w": jnp.asarray(g)}, {"w": jnp.asarray(v)},
-                                   jnp.float32(beta))
+  updates, got = JITTED_REWEIGHTING({"w": jnp.asarray(g)}, {"w": jnp.asarray(v)},
+                                    jnp.float32(beta))
   # XLA flushes subnormal products to zero, hence the tiny atol.
   np.testing.assert_allclose(updates["w"], expected, rtol=1e-6, atol=1e-37)
   np.testing.assert_allclose(got, fractions, atol=1e-6)
