@@ -63,8 +63,8 @@ class Objective:
       to rounding. So a sharpness-aware step over a batch too large for one backward pass
       keeps *one* perturbation, from the whole batch's gradient, as if the batch fitted
       (``optax.MultiSteps`` cannot: it hands the transform one microbatch at a time; see the
-      README's rules of composition). With ``group_size``, the groups are taken in ``k``
-      consecutive chunks (``groups_in_parallel = groups // k`` unless given). Forward-only
+      rules of composition in docs/transforms.md). With ``group_size``, the groups are taken in
+      ``k`` consecutive chunks (``groups_in_parallel = groups // k`` unless given). Forward-only
       passes (:meth:`losses`, :meth:`apply`) run on the whole batch. With ``rngs``, slice
       ``j`` draws from ``jax.random.fold_in(key, j)``, in its clean and perturbed passes
       alike. ``k`` must divide the batch.

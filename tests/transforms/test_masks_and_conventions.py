@@ -557,8 +557,9 @@ def test_saner_follows_the_per_epoch_schedule(net):
 
 
 def test_the_readme_mask_recipes_work_with_nnx_optimizer():
-  """The README's SAM-ON and ASAM-convention recipes, as written, with ``nnx.Optimizer`` (which
-  hands the transform plain arrays, while the masks are built from ``nnx.Param`` variables)."""
+  """The SAM-ON and ASAM-convention recipes of docs/transforms.md, as written, with
+  ``nnx.Optimizer`` (which hands the transform plain arrays, while the masks are built from
+  ``nnx.Param`` variables)."""
   import optax
   from flax import nnx
 

@@ -155,7 +155,8 @@ def test_rngs_work_with_every_transform():
 
 
 def test_the_readme_recipe_wraps_a_plain_grad_fn(regression):
-  """README "Why the objective, and a plain grad_fn": whole-batch transforms need only grad_fn."""
+  """docs/transforms.md, "Why the objective, and a plain grad_fn": whole-batch transforms need
+  only grad_fn."""
   def as_objective(grad_fn):
     def apply_fn(w, _):
       g = jax.lax.stop_gradient(grad_fn(w))
