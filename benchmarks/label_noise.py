@@ -195,8 +195,9 @@ def plot_saner_figure1(setting_dir: pathlib.Path, path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt
 
   runs = histories(setting_dir)
-  if not runs:
-    return
+  if not runs or any(h[0].get("noisy_memorization") is None
+                     for seeds in runs.values() for h in seeds):
+    return  # no runs, or no noisy labels (a clean setting): nothing to draw
   panels = (("noisy_memorization", "accuracy on noisy training labels"),
             ("gap", "clean - noisy training accuracy"), ("test_accuracy", "test accuracy"))
   figure, axes = plt.subplots(1, 3, figsize=(15, 3.8), constrained_layout=True)
