@@ -200,7 +200,8 @@ def test_one_sam_with_each_examples_own_statistics_is_another_function():
   assert max(differences) > 1e-2, differences
 
 
-@pytest.mark.parametrize("group_size", [None, 1, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("group_size", [None, pytest.param(1, marks=pytest.mark.slow),
+                                        pytest.param(3, marks=pytest.mark.slow)])
 def test_a_surrogate_at_radius_zero_is_the_incoming_gradient(group_size):
   """rho = 0: the training-mode gradient exactly, though the fixed-statistics gradient, the
   update of the same objective without ``surrogate``, is another."""

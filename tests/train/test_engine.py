@@ -169,6 +169,9 @@ def test_compare_writes_the_table_and_the_plot(tmp_path):
 DATA_DIR = os.environ.get("SAMX_DATA_DIR")
 
 
+# The slow suite also trains this preset through the command line, against the README's figure
+# (tests/test_readme_figures.py).
+@pytest.mark.slow
 @pytest.mark.skipif(not DATA_DIR or not (pathlib.Path(DATA_DIR) / "mnist").is_dir(),
                     reason="needs SAMX_DATA_DIR with mnist/")
 def test_mnist_preset_learns():
