@@ -152,7 +152,13 @@ class OptimizerConfig:
       SAM); the cheaper ``looksam`` (``looksam`` section) and ``ae_sam`` (``ae_sam``
       section); ``sam_on`` (SAM with ``perturb=normalization``). ``penalty`` is short for
       ``sgd`` with the ``penalty`` section's coefficients set.
-    rho: the perturbation radius (every sharpness-aware method).
+    rho: the perturbation radius (every sharpness-aware method); with ``rho_min``, its
+      largest value.
+    rho_min: ``None`` (the default): ``rho`` is constant. A number in ``[0, rho]``: the radius
+      follows the learning rate, ``rho_min + (rho - rho_min) (lr_t - lr_min) / (lr_max -
+      lr_min)`` at step ``t`` (``lr_min``, ``lr_max``: the schedule's smallest and largest
+      values over the run), as GSAM's authors schedule it (Zhuang et al. 2022); a constant
+      learning rate leaves it at ``rho``. For every sharpness-aware method.
     group_size: m-sharpness (``1``: 1-SAM; ``None``: the whole global batch).
     groups_in_parallel: how many groups to evaluate at once (``1`` is fastest for convnets
       on CPU; ``None``: all).
@@ -190,6 +196,7 @@ class OptimizerConfig:
 
   name: str = "sgd"
   rho: float = 0.05
+  rho_min: float | None = None
   group_size: int | None = None
   groups_in_parallel: int | None = None
   group_path: str = "layers"
@@ -644,6 +651,8 @@ def validate(config: Config, *, device_count: int | None = None) -> Config:
   _check(o.base in BASE_OPTIMIZERS, "optimizer.base", f"one of {', '.join(BASE_OPTIMIZERS)}",
          o.base)
   _check(o.learning_rate > 0, "optimizer.learning_rate", "> 0", o.learning_rate)
+  _check(o.rho_min is None or (math.isfinite(o.rho_min) and 0 <= o.rho_min <= o.rho),
+         "optimizer.rho_min", f"null or a number in [0, optimizer.rho = {o.rho}]", o.rho_min)
   _check(0 <= o.momentum < 1, "optimizer.momentum", "in [0, 1)", o.momentum)
   _check(o.weight_decay >= 0, "optimizer.weight_decay", ">= 0", o.weight_decay)
   _check(o.skip_nonfinite >= 0, "optimizer.skip_nonfinite", ">= 0", o.skip_nonfinite)

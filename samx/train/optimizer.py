@@ -44,6 +44,36 @@ def learning_rate_schedule(optimizer: OptimizerConfig, schedule: ScheduleConfig,
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
+def radius_schedule(optimizer: OptimizerConfig, learning_rate: optax.Schedule,
+                    total_steps: int) -> float | optax.Schedule:
+  """``optimizer.rho``, or with ``optimizer.rho_min`` a schedule that follows the learning
+  rate: ``rho_min + (rho - rho_min) (lr_t - lr_min) / (lr_max - lr_min)``, with ``lr_min`` and
+  ``lr_max`` the smallest and largest learning rates of the run's ``total_steps`` (GSAM's
+  schedule, Zhuang et al. 2022; a constant learning rate gives ``rho``).
+
+  Example:
+    >>> from samx.train.config import OptimizerConfig, ScheduleConfig
+    >>> o = OptimizerConfig(rho=0.1, rho_min=0.02, learning_rate=1.0)
+    >>> lr = learning_rate_schedule(o, ScheduleConfig(kind="cosine", warmup_epochs=1), 100, 10)
+    >>> rho = radius_schedule(o, lr, 100)
+    >>> [round(float(rho(step)), 4) for step in (0, 5, 10, 55, 100)]
+    [0.02, 0.06, 0.1, 0.06, 0.02]
+  """
+  if optimizer.rho_min is None:
+    return optimizer.rho
+  rates = learning_rate(jnp.arange(max(total_steps, 1)))
+  lowest, highest = float(jnp.min(rates)), float(jnp.max(rates))
+  if highest <= lowest:
+    return optimizer.rho
+  rho, rho_min = optimizer.rho, optimizer.rho_min
+
+  def radius(step: jax.typing.ArrayLike) -> jax.Array:
+    rate = jnp.asarray(learning_rate(step))
+    return rho_min + (rho - rho_min) * (rate - lowest) / (highest - lowest)
+
+  return radius
+
+
 def all_finite(tree: Any) -> jax.Array:
   """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
@@ -96,6 +126,7 @@ def build_optimizer(config: Config, learning_rate: optax.Schedule, steps_per_epo
   o = config.optimizer
   shared = {**o.shared_options(), **mask_options(o.name, o.perturb, o.adaptive_mask, model)}
   steps = Steps(per_epoch=steps_per_epoch, total=steps_per_epoch * config.epochs)
+  shared["rho"] = radius_schedule(o, learning_rate, steps.total)
   head = build_transform(o.name, shared, method_section(config), steps)
   parts: list[optax.GradientTransformation] = [] if head is None else [head]
   if o.weight_decay and o.base != "adamw":

@@ -41,6 +41,8 @@ def test_bad_overrides_name_the_key(assignment, named):
 
 @pytest.mark.parametrize(("assignment", "named", "accepted"), [
     ("optimizer.rho=-0.1", "optimizer.rho", ">= 0"),
+    ("optimizer.rho_min=0.2", "optimizer.rho_min", r"\[0, optimizer.rho = 0.05\]"),
+    ("optimizer.rho_min=-0.01", "optimizer.rho_min", r"\[0, optimizer.rho"),
     ("saner.alpha=-1", "saner.alpha", ">= 0"),
     ("saner.warmup_epochs=-1", "saner.warmup_epochs", ">= 0"),
     ("gsam.alpha=-0.1", "gsam.alpha", ">= 0"),

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from samx import train
-from samx.train.optimizer import learning_rate_schedule
+from samx.train.optimizer import learning_rate_schedule, radius_schedule
 from samx.train.training_data import TrainingData, split_arrays
 
 TIMING_KEYS = ("epoch_seconds", "images_per_second", "steps_per_second")
@@ -130,6 +130,28 @@ def test_learning_rate_schedules():
   warm = learning_rate_schedule(o, train.ScheduleConfig(kind="cosine", warmup_epochs=1), 100, 10)
   assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.05)
   assert float(warm(10)) == pytest.approx(0.1)
+
+
+def test_the_radius_follows_the_learning_rate_between_its_extremes():
+  # GSAM's rule written out: rho_t = rho_min + (rho - rho_min)(lr_t - lr_min)/(lr_max - lr_min).
+  o = train.OptimizerConfig(rho=0.3, rho_min=0.1, learning_rate=0.1)
+  lr = learning_rate_schedule(o, train.ScheduleConfig(kind="step", boundaries=(0.5, 0.75)),
+                              200, 1)
+  rho = radius_schedule(o, lr, 200)
+  expected = [0.1 + 0.2 * (rate - 0.001) / (0.1 - 0.001) for rate in (0.1, 0.01, 0.001)]
+  assert [float(rho(s)) for s in (0, 120, 199)] == pytest.approx(expected)
+  constant = learning_rate_schedule(o, train.ScheduleConfig(kind="constant"), 200, 1)
+  assert radius_schedule(o, constant, 200) == 0.3  # nothing to follow
+  assert radius_schedule(dataclasses.replace(o, rho_min=None), lr, 200) == 0.3
+
+
+def test_a_radius_that_follows_the_learning_rate_reaches_the_transform():
+  cosine = ("optimizer.name=gsam", "schedule.kind=cosine")
+  constant = train.run(small(*cosine), log=None).history
+  same = train.run(small(*cosine, "optimizer.rho_min=0.3"), log=None).history  # rho_min = rho
+  following = train.run(small(*cosine, "optimizer.rho_min=0.0"), log=None).history
+  assert without_timings(same) == without_timings(constant)
+  assert following[-1]["train_loss"] != constant[-1]["train_loss"]
 
 
 def test_run_directory_holds_config_metrics_and_summary(tmp_path):
